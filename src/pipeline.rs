@@ -1,0 +1,793 @@
+//! Orchestration: reader -> clean + segment -> summary -> translations ->
+//! ordered writer, one window of articles at a time.
+//!
+//! A window (`runtime.window` articles) is the unit of batching and of
+//! durability: its lines are parsed and its articles cleaned, segmented and
+//! language-tagged in parallel (rayon); the summary model sees all sentences
+//! of the window at once; each target language's model sees the window's
+//! unique segments (titles, summary sentences, text sentences), longest
+//! first, spread over the model workers; then the window's records are
+//! written in input order and synced. A crash therefore loses at most one
+//! window, and `--resume` redoes exactly that.
+//!
+//! Parallelism is one level at a time, as candle's CPU kernels share one
+//! global thread pool: either one model worker whose math uses all
+//! `runtime.threads`, or `runtime.workers` workers with single-threaded math
+//! (see `configure_threads`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::config::{Field, Job, OutputPath, Shard};
+use crate::error::{Error, Result};
+use crate::input::article::{parse_line, Article, FailureKind, FieldMap, Record, RecordFailure};
+use crate::input::reader::{count_records, LineReader, RawLine};
+use crate::models::hub::FetchPolicy;
+use crate::models::{Generation, LoadedModel, Model, Task};
+use crate::output::record::{Meta, OutputRecord, TranslatedFields};
+use crate::output::resume::ResumeIndex;
+use crate::output::writer::{Finished, Writer};
+use crate::text::langid::{self, Language};
+use crate::text::{clean, segment};
+
+/// Per-run switches from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Skip records already in the output or errors file.
+    pub resume: bool,
+    /// Only records of this shard.
+    pub shard: Option<Shard>,
+    /// Stop after taking this many records.
+    pub limit: Option<u64>,
+    /// Show a progress bar (only drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Totals of a run, for the final summary line and `tidings bench`.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    /// Records written to the output.
+    pub ok: u64,
+    /// Records written to the errors file (or inline).
+    pub failed: u64,
+    /// Records skipped because an earlier run finished them.
+    pub resumed: u64,
+    /// Wall time of the whole run, model loading included.
+    pub elapsed: Duration,
+    /// Tokens fed to models.
+    pub input_tokens: u64,
+    /// Tokens generated.
+    pub output_tokens: u64,
+    /// Wall time per stage (`load`, `prepare`, `summary`, `translate:es`, `write`).
+    pub stages: BTreeMap<String, Duration>,
+}
+
+impl RunStats {
+    fn add_stage(&mut self, name: &str, d: Duration) {
+        *self.stages.entry(name.to_string()).or_default() += d;
+    }
+
+    /// The one-line summary printed at the end of every run.
+    pub fn summary_line(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let model_secs: f64 = self
+            .stages
+            .iter()
+            .filter(|(k, _)| k.as_str() == "summary" || k.starts_with("translate"))
+            .map(|(_, d)| d.as_secs_f64())
+            .sum();
+        format!(
+            "tidings: {} ok, {} errors{}, {:.1}s, {:.2} articles/min, {:.1} generated tokens/s",
+            self.ok,
+            self.failed,
+            if self.resumed > 0 {
+                format!(", {} already done", self.resumed)
+            } else {
+                String::new()
+            },
+            secs,
+            (self.ok + self.failed) as f64 * 60.0 / secs,
+            self.output_tokens as f64 / model_secs.max(1e-9),
+        )
+    }
+}
+
+/// Sets the thread layout before candle first runs: candle's CPU kernels use
+/// one process-wide pool sized by `CANDLE_NUM_THREADS`/`RAYON_NUM_THREADS`
+/// when first used, and concurrent callers of that pool take turns. So `W`
+/// workers get `threads / W` math threads each only when that is 1 (no pool,
+/// math runs on the worker's own thread); with one worker the pool gets all
+/// threads. Variables the user set are left alone.
+pub fn configure_threads(threads: usize, workers: usize) {
+    let math = (threads / workers.max(1)).max(1);
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", math.to_string());
+    }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+}
+
+/// Loads every model the job uses, once each (fetching what is missing).
+pub fn load_models(job: &Job) -> Result<HashMap<String, LoadedModel>> {
+    let device = job.runtime.device.open()?;
+    let mut out = HashMap::new();
+    for spec in job.used_models() {
+        let t = Instant::now();
+        let m = crate::models::load(spec, FetchPolicy::Allow, &device)?;
+        tracing::info!(
+            "loaded model `{}` ({}) in {:.1}s",
+            spec.name,
+            m.id,
+            t.elapsed().as_secs_f64()
+        );
+        out.insert(spec.name.clone(), m);
+    }
+    Ok(out)
+}
+
+/// Runs a job end to end.
+pub fn run(job: &Job, opts: &RunOptions) -> Result<RunStats> {
+    let start = Instant::now();
+    let mut stats = RunStats::default();
+    let out_file = match &job.output.path {
+        OutputPath::File(p) => Some(p.as_path()),
+        OutputPath::Stdout => None,
+    };
+    if opts.resume && out_file.is_none() {
+        return Err(Error::Usage {
+            flag: "--resume",
+            message: "cannot resume when the output is stdout; write to a file".into(),
+        });
+    }
+    // Open input and output before the (slow) model loading, so a wrong path
+    // fails at once.
+    let mut resume = if opts.resume {
+        let idx = ResumeIndex::load(out_file, &job.output.errors_path)?;
+        tracing::info!("resuming: {} records already done", idx.done());
+        Some(idx)
+    } else {
+        None
+    };
+    let mut reader = LineReader::open(&job.input.path)?;
+    let mut writer = Writer::open(
+        &job.output.path,
+        &job.output.errors_path,
+        job.output.errors,
+        opts.resume,
+    )?;
+
+    let t = Instant::now();
+    let models = load_models(job)?;
+    stats.add_stage("load", t.elapsed());
+
+    let fields = FieldMap {
+        id: job.input.id_field.clone(),
+        title: job.input.title_field.clone(),
+        text: job.input.text_field.clone(),
+        max_bytes: job.input.max_bytes,
+        file: reader.name().to_string(),
+    };
+    let total = count_records(&job.input.path).map(|n| match opts.limit {
+        Some(l) if opts.shard.is_none() && !opts.resume => n.min(l),
+        _ => n,
+    });
+    let progress = Progress::new(opts.progress, total);
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut taken: u64 = 0;
+    let mut raw: Vec<RawLine> = Vec::new();
+    let mut workers = Workers::new(&models, job.runtime.workers);
+    let window = job.runtime.window;
+    let mut stream_error = None;
+
+    loop {
+        if opts.limit.is_some_and(|l| taken >= l) {
+            break;
+        }
+        // Read at most one window of records we will take.
+        let t = Instant::now();
+        let mut records: Vec<Record> = Vec::with_capacity(window);
+        let mut more = true;
+        while records.len() < window && more && !opts.limit.is_some_and(|l| taken >= l) {
+            let want = window - records.len();
+            match reader.next_chunk(want, &mut raw) {
+                Ok(m) => more = m,
+                Err(e) => {
+                    more = false;
+                    stream_error = Some(e);
+                }
+            }
+            let parsed: Vec<Record> = raw
+                .par_iter()
+                .map(|l| parse_line(l.line, &l.bytes, &fields))
+                .collect();
+            for rec in parsed {
+                progress.seen();
+                let key = rec.key();
+                if opts.shard.is_some_and(|s| !s.contains(&key)) {
+                    continue;
+                }
+                if let Some(idx) = resume.as_mut() {
+                    if idx.take(rec.line(), &key) {
+                        seen.insert(hash_key(&key));
+                        stats.resumed += 1;
+                        continue;
+                    }
+                }
+                if opts.limit.is_some_and(|l| taken >= l) {
+                    more = false;
+                    break;
+                }
+                taken += 1;
+                let rec = if seen.insert(hash_key(&key)) {
+                    rec
+                } else {
+                    Record::Failed(RecordFailure {
+                        line: rec.line(),
+                        id: Some(key.clone()),
+                        kind: FailureKind::DuplicateId,
+                        field: Some(job.input.id_field.clone()),
+                        file: fields.file.clone(),
+                        message: format!(
+                            "{}:{}: id `{key}` appeared earlier in the input",
+                            fields.file,
+                            rec.line()
+                        ),
+                    })
+                };
+                records.push(rec);
+            }
+        }
+        stats.add_stage("read", t.elapsed());
+        if records.is_empty() {
+            break;
+        }
+        let finished = process_window(job, &models, &mut workers, records, &mut stats)?;
+        let t = Instant::now();
+        writer.write_window(&finished)?;
+        stats.add_stage("write", t.elapsed());
+        for f in &finished {
+            match f {
+                Finished::Ok(r) => {
+                    stats.ok += 1;
+                    stats.input_tokens += r.meta.input_tokens as u64;
+                    stats.output_tokens += r.meta.output_tokens as u64;
+                }
+                Finished::Failed(_) => stats.failed += 1,
+            }
+        }
+        progress.update(&stats, start.elapsed());
+        if !more {
+            break;
+        }
+    }
+    progress.finish();
+    stats.elapsed = start.elapsed();
+    if let Some(e) = stream_error {
+        return Err(e);
+    }
+    Ok(stats)
+}
+
+fn hash_key(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+}
+
+/// An article after cleaning and segmentation.
+struct Prepared {
+    article: Article,
+    lang: &'static Language,
+    title: Option<String>,
+    /// Paragraphs of sentences of the cleaned text.
+    paragraphs: Vec<Vec<String>>,
+    summary: Option<Vec<String>>,
+    summary_text: Option<String>,
+    translations: BTreeMap<String, TranslatedFields>,
+    meta: Meta,
+    failure: Option<RecordFailure>,
+}
+
+impl Prepared {
+    fn sentences(&self) -> impl Iterator<Item = &String> {
+        self.paragraphs.iter().flatten()
+    }
+
+    fn fail(&mut self, kind: FailureKind, message: String) {
+        if self.failure.is_none() {
+            self.failure = Some(RecordFailure {
+                line: self.article.line,
+                id: Some(self.article.id.clone()),
+                kind,
+                field: None,
+                file: String::new(),
+                message,
+            });
+        }
+    }
+}
+
+fn prepare(job: &Job, article: Article) -> std::result::Result<Prepared, RecordFailure> {
+    let text = clean::clean(&article.text);
+    let paragraphs: Vec<Vec<String>> = segment::segment(&text)
+        .into_iter()
+        .map(|p| p.into_iter().map(str::to_string).collect::<Vec<_>>())
+        .filter(|p: &Vec<String>| !p.is_empty())
+        .collect();
+    if paragraphs.is_empty() {
+        return Err(RecordFailure {
+            line: article.line,
+            id: Some(article.id.clone()),
+            kind: FailureKind::EmptyText,
+            field: Some(job.input.text_field.clone()),
+            file: String::new(),
+            message: format!(
+                "line {}: field `{}` has no text left after removing boilerplate",
+                article.line, job.input.text_field
+            ),
+        });
+    }
+    let title = article
+        .title
+        .as_deref()
+        .map(|t| clean::clean(t).replace('\n', " "))
+        .filter(|t| !t.trim().is_empty());
+    let lang = langid::detect(&text).unwrap_or(job.input.default_lang);
+    Ok(Prepared {
+        article,
+        lang,
+        title,
+        paragraphs,
+        summary: None,
+        summary_text: None,
+        translations: BTreeMap::new(),
+        meta: Meta::default(),
+        failure: None,
+    })
+}
+
+fn process_window(
+    job: &Job,
+    models: &HashMap<String, LoadedModel>,
+    workers: &mut Workers,
+    records: Vec<Record>,
+    stats: &mut RunStats,
+) -> Result<Vec<Finished>> {
+    let t = Instant::now();
+    // Clean, segment and detect language in parallel, keeping input order.
+    let slots: Vec<std::result::Result<Prepared, RecordFailure>> = records
+        .into_par_iter()
+        .map(|r| match r {
+            Record::Ok(a) => prepare(job, a),
+            Record::Failed(f) => Err(f),
+        })
+        .collect();
+    let prep_time = t.elapsed();
+    stats.add_stage("prepare", prep_time);
+    let mut arts: Vec<&mut Prepared> = Vec::new();
+    let mut slots = slots;
+    for s in slots.iter_mut().flatten() {
+        arts.push(s);
+    }
+    if !arts.is_empty() {
+        let share = prep_time.as_millis() as u64 / arts.len() as u64;
+        for a in arts.iter_mut() {
+            a.meta.elapsed_ms += share;
+        }
+    }
+
+    if let Some(spec) = &job.summary {
+        let t = Instant::now();
+        let model = &models[&spec.model];
+        summarize(job, spec, model, workers, &mut arts)?;
+        stats.add_stage("summary", t.elapsed());
+    }
+    if let Some(spec) = &job.translate {
+        for lang in &spec.targets {
+            let t = Instant::now();
+            let model = &models[&spec.models[lang.code]];
+            translate(job, &spec.fields, lang, model, workers, &mut arts)?;
+            stats.add_stage(&format!("translate:{}", lang.code), t.elapsed());
+        }
+    }
+
+    let file = match &job.input.path {
+        crate::config::InputPath::Stdin => "-".to_string(),
+        crate::config::InputPath::File(p) => p.display().to_string(),
+    };
+    Ok(slots
+        .into_iter()
+        .map(|s| match s {
+            Err(mut f) => {
+                if f.file.is_empty() {
+                    f.file = file.clone();
+                }
+                Finished::Failed(f)
+            }
+            Ok(p) => {
+                if let Some(mut f) = p.failure {
+                    f.file = file.clone();
+                    return Finished::Failed(f);
+                }
+                Finished::Ok(Box::new(OutputRecord {
+                    id: p.article.id,
+                    lang: p.lang.code.to_string(),
+                    title: p.title,
+                    summary: p.summary_text,
+                    translations: p.translations,
+                    meta: p.meta,
+                }))
+            }
+        })
+        .collect())
+}
+
+fn summarize(
+    job: &Job,
+    spec: &crate::config::SummarySpec,
+    model: &LoadedModel,
+    workers: &mut Workers,
+    arts: &mut [&mut Prepared],
+) -> Result<()> {
+    match &model.model {
+        Model::Extractive(ex) => {
+            let t = Instant::now();
+            let sentences: Vec<&str> = arts
+                .iter()
+                .flat_map(|a| a.sentences().map(String::as_str))
+                .collect();
+            let total = sentences.len().max(1);
+            let embedded = ex.embed(&sentences);
+            let elapsed = t.elapsed().as_millis() as u64;
+            match embedded {
+                Err(e) => {
+                    let msg = format!("{:#}", chain(&e));
+                    for a in arts.iter_mut() {
+                        a.fail(FailureKind::Model, msg.clone());
+                    }
+                }
+                Ok(emb) => {
+                    let mut off = 0;
+                    for a in arts.iter_mut() {
+                        let sents: Vec<String> = a.sentences().cloned().collect();
+                        let n = sents.len();
+                        let picked = crate::models::extractive::Extractive::select(
+                            &emb[off..off + n],
+                            spec.sentences,
+                        );
+                        off += n;
+                        let chosen: Vec<String> =
+                            picked.into_iter().map(|i| sents[i].clone()).collect();
+                        a.summary_text = Some(chosen.join(" "));
+                        a.summary = Some(chosen);
+                        a.meta
+                            .models
+                            .insert("summary".into(), model.id.clone());
+                        a.meta.input_tokens += sents
+                            .iter()
+                            .map(|s| ex.count_tokens(s).unwrap_or(0))
+                            .sum::<usize>();
+                        a.meta.elapsed_ms += elapsed * n as u64 / total as u64;
+                    }
+                }
+            }
+        }
+        Model::Causal(_) => {
+            let task = Task::Summarize {
+                max_words: spec.max_words,
+            };
+            let opts = job.models[&model.name].generation.options.clone();
+            let inputs: Vec<String> = arts
+                .iter()
+                .map(|a| {
+                    a.paragraphs
+                        .iter()
+                        .map(|p| p.join(" "))
+                        .collect::<Vec<_>>()
+                        .join("\n\n")
+                })
+                .collect();
+            let units: Vec<(Task, &str)> = inputs.iter().map(|s| (task, s.as_str())).collect();
+            let results = workers.run(model, &units, &opts);
+            for (a, r) in arts.iter_mut().zip(results) {
+                match r {
+                    Ok((g, ms)) => {
+                        a.meta.input_tokens += g.input_tokens;
+                        a.meta.output_tokens += g.output_tokens;
+                        a.meta.elapsed_ms += ms;
+                        a.meta
+                            .models
+                            .insert("summary".into(), model.id.clone());
+                        let sents: Vec<String> = segment::sentences(&g.text)
+                            .into_iter()
+                            .map(str::to_string)
+                            .collect();
+                        a.summary_text = Some(g.text);
+                        a.summary = Some(sents);
+                    }
+                    Err(e) => a.fail(FailureKind::Model, format!("{:#}", chain(&e))),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a translated segment goes back to.
+enum Slot {
+    Title,
+    Summary,
+    Text(usize, usize),
+}
+
+fn translate(
+    job: &Job,
+    fields: &[Field],
+    lang: &'static Language,
+    model: &LoadedModel,
+    workers: &mut Workers,
+    arts: &mut [&mut Prepared],
+) -> Result<()> {
+    let opts = job.models[&model.name].generation.options.clone();
+    let prefix = &job.models[&model.name].prefix;
+    // Unique segments of the window for this target, keyed by source
+    // language and text: boilerplate repeated across articles is
+    // translated once.
+    let mut index: HashMap<(&'static str, String), usize> = HashMap::new();
+    let mut units: Vec<(Task, String)> = Vec::new();
+    let mut uses: Vec<Vec<(usize, Slot, usize)>> = Vec::new(); // per article: (slot, unit)
+    for a in arts.iter() {
+        let mut mine = Vec::new();
+        if a.failure.is_some() || a.lang == lang {
+            uses.push(mine);
+            continue;
+        }
+        let task = Task::Translate {
+            from: a.lang,
+            to: lang,
+        };
+        let mut add = |text: &str, slot: Slot| {
+            let input = format!("{prefix}{text}");
+            let n = units.len();
+            let u = *index.entry((a.lang.code, input.clone())).or_insert_with(|| {
+                units.push((task, input));
+                n
+            });
+            mine.push((0, slot, u));
+        };
+        for f in fields {
+            match f {
+                Field::Title => {
+                    if let Some(t) = &a.title {
+                        add(t, Slot::Title);
+                    }
+                }
+                Field::Summary => {
+                    for s in a.summary.iter().flatten() {
+                        add(s, Slot::Summary);
+                    }
+                }
+                Field::Text => {
+                    for (p, para) in a.paragraphs.iter().enumerate() {
+                        for (s, sent) in para.iter().enumerate() {
+                            add(sent, Slot::Text(p, s));
+                        }
+                    }
+                }
+            }
+        }
+        uses.push(mine);
+    }
+    let unit_refs: Vec<(Task, &str)> = units.iter().map(|(t, s)| (*t, s.as_str())).collect();
+    let results = workers.run(model, &unit_refs, &opts);
+    let mut counted = vec![false; results.len()];
+
+    for (a, mine) in arts.iter_mut().zip(uses) {
+        if a.failure.is_some() {
+            continue;
+        }
+        a.meta.models.insert(lang.code.into(), model.id.clone());
+        if a.lang == lang {
+            // Same language as the source: copy, do not translate.
+            let copy = TranslatedFields {
+                title: fields
+                    .contains(&Field::Title)
+                    .then(|| a.title.clone())
+                    .flatten(),
+                summary: fields
+                    .contains(&Field::Summary)
+                    .then(|| a.summary_text.clone())
+                    .flatten(),
+                text: fields.contains(&Field::Text).then(|| {
+                    a.paragraphs
+                        .iter()
+                        .map(|p| p.join(" "))
+                        .collect::<Vec<_>>()
+                        .join("\n\n")
+                }),
+            };
+            a.translations.insert(lang.code.into(), copy);
+            continue;
+        }
+        let mut title = None;
+        let mut summary: Vec<String> = Vec::new();
+        let mut text: Vec<Vec<String>> = a.paragraphs.iter().map(|p| vec![String::new(); p.len()]).collect();
+        let mut failed = None;
+        for (_, slot, u) in mine {
+            match &results[u] {
+                Ok((g, ms)) => {
+                    if !counted[u] {
+                        counted[u] = true;
+                        a.meta.input_tokens += g.input_tokens;
+                        a.meta.output_tokens += g.output_tokens;
+                        a.meta.elapsed_ms += ms;
+                    }
+                    match slot {
+                        Slot::Title => title = Some(g.text.clone()),
+                        Slot::Summary => summary.push(g.text.clone()),
+                        Slot::Text(p, s) => text[p][s] = g.text.clone(),
+                    }
+                }
+                Err(e) => {
+                    failed.get_or_insert_with(|| format!("{:#}", chain(e)));
+                }
+            }
+        }
+        if let Some(msg) = failed {
+            a.fail(
+                FailureKind::Model,
+                format!("translation into {} failed: {msg}", lang.name),
+            );
+            continue;
+        }
+        let fields_out = TranslatedFields {
+            title: if fields.contains(&Field::Title) { title } else { None },
+            summary: (fields.contains(&Field::Summary) && a.summary.is_some())
+                .then(|| summary.join(" ")),
+            text: fields.contains(&Field::Text).then(|| {
+                text.iter()
+                    .map(|p| p.join(" "))
+                    .collect::<Vec<_>>()
+                    .join("\n\n")
+            }),
+        };
+        a.translations.insert(lang.code.into(), fields_out);
+    }
+    Ok(())
+}
+
+/// Formats an error with its sources, like `anyhow`'s `{:#}`.
+struct Chain<'a>(&'a Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = std::error::Error::source(self.0);
+        while let Some(s) = src {
+            write!(f, ": {s}")?;
+            src = s.source();
+        }
+        Ok(())
+    }
+}
+
+fn chain(e: &Error) -> Chain<'_> {
+    Chain(e)
+}
+
+type UnitResult = Result<(Generation, u64)>;
+
+/// Model workers: per model name, one clone per worker (weights shared, KV
+/// caches per clone).
+struct Workers {
+    count: usize,
+    clones: HashMap<String, Vec<Mutex<LoadedModel>>>,
+}
+
+impl Workers {
+    fn new(models: &HashMap<String, LoadedModel>, count: usize) -> Self {
+        let clones = models
+            .iter()
+            .map(|(k, m)| (k.clone(), (0..count).map(|_| Mutex::new(m.clone())).collect()))
+            .collect();
+        Workers { count, clones }
+    }
+
+    /// Runs every unit, longest first, spread over the workers; results come
+    /// back in unit order with the milliseconds each took.
+    fn run(
+        &mut self,
+        model: &LoadedModel,
+        units: &[(Task, &str)],
+        opts: &crate::models::GenOptions,
+    ) -> Vec<UnitResult> {
+        let mut order: Vec<usize> = (0..units.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(units[i].1.len()));
+        let results: Vec<Mutex<Option<UnitResult>>> =
+            (0..units.len()).map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let clones = &self.clones[&model.name];
+        let work = |w: usize| {
+            let mut m = clones[w].lock().expect("worker lock");
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = order.get(k) else { break };
+                let (task, input) = units[i];
+                let t = Instant::now();
+                let r = m
+                    .generate(task, input, opts)
+                    .map(|g| (g, t.elapsed().as_millis() as u64));
+                *results[i].lock().expect("result lock") = Some(r);
+            }
+        };
+        if self.count <= 1 || units.len() <= 1 {
+            work(0);
+        } else {
+            std::thread::scope(|s| {
+                for w in 0..self.count {
+                    let work = &work;
+                    s.spawn(move || work(w));
+                }
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.into_inner().expect("result lock").expect("every unit ran"))
+            .collect()
+    }
+}
+
+/// Progress bar on stderr (only when it is a terminal and not disabled).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(enabled: bool, total: Option<u64>) -> Self {
+        use std::io::IsTerminal;
+        if !enabled || !std::io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = match total {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        let style = indicatif::ProgressStyle::with_template(if total.is_some() {
+            "{bar:30} {pos}/{len} articles  {per_sec}  {msg}  ETA {eta}"
+        } else {
+            "{spinner} {pos} articles  {per_sec}  {msg}"
+        })
+        .expect("valid template");
+        bar.set_style(style);
+        Progress { bar: Some(bar) }
+    }
+
+    fn seen(&self) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+    }
+
+    fn update(&self, stats: &RunStats, elapsed: Duration) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!(
+                "{} ok, {} errors, {:.1} tok/s",
+                stats.ok,
+                stats.failed,
+                stats.output_tokens as f64 / elapsed.as_secs_f64().max(1e-9)
+            ));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
