@@ -26,6 +26,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a job: read articles, summarize, translate, write JSONL.
     Run(RunArgs),
+    /// Run a job on (part of) its input and report stage times, throughput, peak memory
+    /// and the raw speed of its models. Writes to a temporary folder, not the job's output.
+    Bench(BenchArgs),
     /// Check a job config (keys, languages, model names, model files) without running it.
     Validate(JobArg),
     /// Fetch, list or inspect the models a job uses.
@@ -42,6 +45,29 @@ pub struct JobArg {
     /// The job config (TOML).
     #[arg(long, short, env = "TIDINGS_CONFIG")]
     pub config: PathBuf,
+}
+
+/// `tidings bench` flags.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The job config (TOML).
+    #[arg(long, short, env = "TIDINGS_CONFIG")]
+    pub config: PathBuf,
+    /// Input JSONL instead of the job's input.
+    #[arg(long, short)]
+    pub input: Option<String>,
+    /// Use only the first N articles.
+    #[arg(long, value_name = "N")]
+    pub articles: Option<u64>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Math threads in all. Overrides runtime.threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Model workers sharing the threads. Overrides runtime.workers.
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 /// `tidings models ...`

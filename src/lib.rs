@@ -15,6 +15,7 @@
 //! [`pipeline`] wires the stages together; [`config`] turns a job file into a
 //! validated [`config::Job`]; [`cli`] is the command line the binary exposes.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod error;

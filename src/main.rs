@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tidings::cli::{Cli, Command, JobArg, ModelsAction, RunArgs};
+use tidings::cli::{BenchArgs, Cli, Command, JobArg, ModelsAction, RunArgs};
 use tidings::config::{Job, Overrides};
 use tidings::models::hub::FetchPolicy;
 use tidings::pipeline::{self, RunOptions};
@@ -41,12 +41,14 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args),
+        Command::Bench(args) => bench(args),
         Command::Validate(a) => validate(&a),
         Command::Models { action } => models(action),
     }
@@ -68,6 +70,25 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        input: args.input.clone(),
+        threads: args.threads,
+        workers: args.workers,
+        ..Default::default()
+    };
+    let job = Job::load(&args.config, &overrides)?;
+    pipeline::configure_threads(job.runtime.threads, job.runtime.workers);
+    let report = tidings::bench::run(&job, args.articles)?;
+    eprint!("{}", report.table());
+    if let Some(p) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(p, text + "\n")
+            .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", p.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(a: &JobArg) -> anyhow::Result<ExitCode> {

@@ -72,7 +72,7 @@ use std::sync::Arc;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{quantized_gemma3, quantized_llama, quantized_qwen3};
+use candle_transformers::models::{quantized_llama, quantized_qwen3};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -149,7 +149,7 @@ impl Family {
 
     /// Whether a prompt may start from a cached prefix (see the module docs).
     fn reuses_prefix(self) -> bool {
-        matches!(self, Family::Qwen2 | Family::Llama)
+        !matches!(self, Family::Qwen3)
     }
 }
 
@@ -170,7 +170,7 @@ enum Weights {
     Qwen2(qwen2::Model),
     Qwen3(Box<quantized_qwen3::ModelWeights>),
     Llama(quantized_llama::ModelWeights),
-    Gemma3(quantized_gemma3::ModelWeights),
+    Gemma3(gemma3::Model),
 }
 
 impl Weights {
@@ -190,8 +190,7 @@ impl Weights {
             Weights::Qwen2(m) => m.clear_kv_cache(),
             Weights::Qwen3(m) => m.clear_kv_cache(),
             Weights::Llama(m) => m.clear_kv_cache(),
-            // No reset in candle: a forward at position 0 replaces the cache.
-            Weights::Gemma3(_) => {}
+            Weights::Gemma3(m) => m.clear_kv_cache(),
         }
     }
 }
@@ -368,8 +367,7 @@ impl CausalModel {
         let meta_context = meta_u32(&format!("{arch}.context_length")).unwrap_or(2048) as usize;
         let context_length = match family {
             Family::Llama => meta_context.min(quantized_llama::MAX_SEQ_LEN),
-            Family::Qwen2 => meta_context.min(qwen2::MAX_POSITIONS),
-            Family::Gemma3 => meta_context.min(quantized_gemma3::MAX_SEQ_LEN),
+            Family::Qwen2 | Family::Gemma3 => meta_context.min(layers::MAX_POSITIONS),
             Family::Qwen3 => meta_context,
         };
         let description = describe_content(family, &content, &tokenizer, context_length);
@@ -690,9 +688,7 @@ fn load_weights<R: Read + Seek>(
         Family::Llama => {
             Weights::Llama(quantized_llama::ModelWeights::from_gguf(content, reader, device)?)
         }
-        Family::Gemma3 => {
-            Weights::Gemma3(quantized_gemma3::ModelWeights::from_gguf(content, reader, device)?)
-        }
+        Family::Gemma3 => Weights::Gemma3(gemma3::Model::from_gguf(&content, reader, device)?),
     })
 }
 
@@ -872,13 +868,11 @@ mod qwen2 {
 
     use candle_core::quantized::gguf_file::Content;
     use candle_core::quantized::QMatMul;
-    use candle_core::{DType, Device, Module, Result, Tensor};
+    use candle_core::{Device, Module, Result, Tensor};
     use candle_nn::Embedding;
     use candle_transformers::quantized_nn::RmsNorm;
-    use candle_transformers::utils::repeat_kv;
 
-    /// Longest sequence supported (size of the rotary tables).
-    pub const MAX_POSITIONS: usize = 32768;
+    use super::layers::{attend, causal_mask, Rope, MAX_POSITIONS};
 
     #[derive(Debug, Clone)]
     struct Attention {
@@ -914,25 +908,7 @@ mod qwen2 {
             let q = rope.apply(&project(&self.q, &self.q_bias, self.heads)?, pos)?;
             let k = rope.apply(&project(&self.k, &self.k_bias, self.kv_heads)?, pos)?;
             let v = project(&self.v, &self.v_bias, self.kv_heads)?;
-            let (k, v) = match (&self.cache, pos) {
-                (Some((past_k, past_v)), p) if p > 0 => {
-                    (Tensor::cat(&[past_k, &k], 2)?, Tensor::cat(&[past_v, &v], 2)?)
-                }
-                _ => (k, v),
-            };
-            self.cache = Some((k.clone(), v.clone()));
-
-            let groups = self.heads / self.kv_heads;
-            let k = repeat_kv(k, groups)?.contiguous()?;
-            let v = repeat_kv(v, groups)?.contiguous()?;
-            let scale = 1.0 / (self.head_dim as f64).sqrt();
-            let scores = (q.matmul(&k.t()?)? * scale)?;
-            let scores = match mask {
-                Some(mask) => scores.broadcast_add(mask)?,
-                None => scores,
-            };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let y = probs.matmul(&v)?;
+            let y = attend(&q, k, v, &mut self.cache, pos, mask, self.head_dim, None)?;
             let y = y.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
             self.o.forward(&y)
         }
@@ -946,38 +922,6 @@ mod qwen2 {
         gate: QMatMul,
         up: QMatMul,
         down: QMatMul,
-    }
-
-    /// Rotary position tables, `(positions, head_dim / 2)`.
-    #[derive(Debug, Clone)]
-    struct Rope {
-        cos: Tensor,
-        sin: Tensor,
-    }
-
-    impl Rope {
-        fn new(head_dim: usize, base: f32, positions: usize, device: &Device) -> Result<Self> {
-            let inv_freq: Vec<f32> = (0..head_dim / 2)
-                .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32))
-                .collect();
-            let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
-            let positions = Tensor::arange(0u32, positions as u32, device)?
-                .to_dtype(DType::F32)?
-                .unsqueeze(1)?;
-            let angles = positions.broadcast_mul(&inv_freq)?;
-            Ok(Rope {
-                cos: angles.cos()?,
-                sin: angles.sin()?,
-            })
-        }
-
-        /// `x`: `(batch, heads, seq, head_dim)` at positions `pos..`.
-        fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
-            let t = x.dim(2)?;
-            let cos = self.cos.narrow(0, pos, t)?;
-            let sin = self.sin.narrow(0, pos, t)?;
-            candle_nn::rotary_emb::rope(x, &cos, &sin)
-        }
     }
 
     /// The whole decoder with its KV cache.
@@ -1049,7 +993,7 @@ mod qwen2 {
                     down: QMatMul::from_qtensor(w("ffn_down.weight")?)?,
                 });
             }
-            let rope = Rope::new(head_dim, base, context.min(MAX_POSITIONS), device)?;
+            let rope = Rope::new(head_dim, base, 1.0, context.min(MAX_POSITIONS), device)?;
             Ok(Model {
                 embed,
                 layers,
@@ -1065,7 +1009,7 @@ mod qwen2 {
         pub fn forward(&mut self, tokens: &Tensor, pos: usize) -> Result<Tensor> {
             let (_, t) = tokens.dims2()?;
             let mask = if t > 1 {
-                Some(causal_mask(t, pos, &self.device)?)
+                Some(causal_mask(t, pos, None, &self.device)?)
             } else {
                 None
             };
@@ -1091,16 +1035,333 @@ mod qwen2 {
         }
     }
 
+}
+
+/// Pieces shared by our decoder implementations ([`qwen2`], [`gemma3`]).
+mod layers {
+    use candle_core::{DType, Device, Result, Tensor};
+    use candle_transformers::utils::repeat_kv;
+
+    /// Longest sequence our implementations support (size of the rotary
+    /// tables; 32768 positions cost 16 MB per table at head size 128).
+    pub const MAX_POSITIONS: usize = 32768;
+
+    /// Rotary position tables, `(positions, head_dim / 2)`, for the
+    /// "half-split" (NeoX) layout that Qwen and Gemma use.
+    #[derive(Debug, Clone)]
+    pub struct Rope {
+        cos: Tensor,
+        sin: Tensor,
+    }
+
+    impl Rope {
+        /// `scale` divides the positions (linear RoPE scaling; 1 for none).
+        pub fn new(
+            head_dim: usize,
+            base: f32,
+            scale: f32,
+            positions: usize,
+            device: &Device,
+        ) -> Result<Self> {
+            let inv_freq: Vec<f32> = (0..head_dim / 2)
+                .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32) / scale)
+                .collect();
+            let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
+            let positions = Tensor::arange(0u32, positions as u32, device)?
+                .to_dtype(DType::F32)?
+                .unsqueeze(1)?;
+            let angles = positions.broadcast_mul(&inv_freq)?;
+            Ok(Rope {
+                cos: angles.cos()?,
+                sin: angles.sin()?,
+            })
+        }
+
+        /// `x`: `(batch, heads, seq, head_dim)` at positions `pos..`.
+        pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+            let t = x.dim(2)?;
+            let cos = self.cos.narrow(0, pos, t)?;
+            let sin = self.sin.narrow(0, pos, t)?;
+            candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+        }
+    }
+
     /// Additive mask `(t, pos + t)`: query `i` (at position `pos + i`) sees
-    /// keys up to position `pos + i`.
-    fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Tensor> {
+    /// the keys at positions `pos + i - window < j <= pos + i`.
+    pub fn causal_mask(
+        t: usize,
+        pos: usize,
+        window: Option<usize>,
+        device: &Device,
+    ) -> Result<Tensor> {
         let width = pos + t;
+        let window = window.unwrap_or(usize::MAX);
         let values: Vec<f32> = (0..t)
             .flat_map(|i| {
-                (0..width).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+                let q = pos + i;
+                (0..width).map(move |j| {
+                    if j > q || q - j >= window {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
             })
             .collect();
         Tensor::from_vec(values, (t, width), device)
+    }
+
+    /// Scaled dot-product attention over the KV cache, which `k`, `v`
+    /// (`(batch, kv_heads, t, head_dim)`) are appended to first; `pos == 0`
+    /// starts a new cache. New tensors are made by concatenation, never by
+    /// writing into the old ones, so clones sharing a cache stay independent.
+    /// With a sliding `window`, a single query only looks at the last
+    /// `window` keys (longer prompts rely on `mask`). Returns
+    /// `(batch, heads, t, head_dim)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+        pos: usize,
+        mask: Option<&Tensor>,
+        head_dim: usize,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let (k, v) = match cache {
+            Some((past_k, past_v)) if pos > 0 => {
+                (Tensor::cat(&[&*past_k, &k], 2)?, Tensor::cat(&[&*past_v, &v], 2)?)
+            }
+            _ => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let (k, v) = match window {
+            Some(w) if q.dim(2)? == 1 && k.dim(2)? > w => {
+                let len = k.dim(2)?;
+                (k.narrow(2, len - w, w)?, v.narrow(2, len - w, w)?)
+            }
+            _ => (k, v),
+        };
+        let groups = q.dim(1)? / k.dim(1)?;
+        let k = repeat_kv(k, groups)?.contiguous()?;
+        let v = repeat_kv(v, groups)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)
+    }
+}
+
+/// A Gemma 3 decoder over GGUF tensors (text part of Gemma 3 checkpoints).
+///
+/// Written for this crate because candle 0.11.1's `quantized_gemma3` uses a
+/// SiLU-gated MLP where Gemma 3 has a GELU (tanh) one, allocates rotary
+/// tables for 131072 positions in every layer (2.3 GB for the 270M model),
+/// applies sliding windows during prefill only, and has no KV-cache reset.
+/// The architecture as published: embeddings scaled by `sqrt(hidden)`;
+/// blocks with RMSNorm before and after both attention and MLP; per-head
+/// RMSNorm on queries and keys; rotary embeddings with base
+/// `rope.local_freq_base` (default 10000) in sliding-window layers and
+/// `rope.freq_base` (linear scaling by `rope.scaling.factor`, if any) in the
+/// global ones, every `attention.sliding_window_type`-th layer (default 6)
+/// being global; grouped-query attention scaled by `1/sqrt(head_dim)`; an
+/// output head tied to the embeddings. (llama.cpp's GGUF converter stores
+/// Gemma's `1 + weight` norm weights already incremented, so the norms are
+/// plain RMSNorms here. Gemma 3 27B scales attention by `hidden/heads`
+/// instead; that size is not supported.)
+mod gemma3 {
+    use std::io::{Read, Seek};
+
+    use candle_core::quantized::gguf_file::{Content, Value};
+    use candle_core::quantized::QMatMul;
+    use candle_core::{Device, Module, Result, Tensor};
+    use candle_nn::Embedding;
+    use candle_transformers::quantized_nn::RmsNorm;
+
+    use super::layers::{attend, causal_mask, Rope, MAX_POSITIONS};
+
+    #[derive(Debug, Clone)]
+    struct Layer {
+        attn_norm: RmsNorm,
+        q: QMatMul,
+        k: QMatMul,
+        v: QMatMul,
+        o: QMatMul,
+        q_norm: RmsNorm,
+        k_norm: RmsNorm,
+        post_attn_norm: RmsNorm,
+        ffn_norm: RmsNorm,
+        gate: QMatMul,
+        up: QMatMul,
+        down: QMatMul,
+        post_ffn_norm: RmsNorm,
+        /// `Some(window)` for sliding-window (local) layers.
+        window: Option<usize>,
+        cache: Option<(Tensor, Tensor)>,
+    }
+
+    /// The whole decoder with its KV cache.
+    #[derive(Debug, Clone)]
+    pub struct Model {
+        embed: Embedding,
+        embed_scale: f64,
+        layers: Vec<Layer>,
+        norm: RmsNorm,
+        head: QMatMul,
+        local_rope: Rope,
+        global_rope: Rope,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        device: Device,
+    }
+
+    impl Model {
+        /// Reads the `gemma3.*` hyper-parameters and llama.cpp-named tensors.
+        pub fn from_gguf<R: Read + Seek>(
+            ct: &Content,
+            reader: &mut R,
+            device: &Device,
+        ) -> Result<Self> {
+            let md = |key: &str| -> Result<&Value> {
+                ct.metadata.get(&format!("gemma3.{key}")).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("missing metadata `gemma3.{key}`"))
+                })
+            };
+            let heads = md("attention.head_count")?.to_u32()? as usize;
+            let kv_heads = md("attention.head_count_kv")?.to_u32()? as usize;
+            let blocks = md("block_count")?.to_u32()? as usize;
+            let hidden = md("embedding_length")?.to_u32()? as usize;
+            let head_dim = md("attention.key_length")?.to_u32()? as usize;
+            let eps = md("attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
+            let window = md("attention.sliding_window")?.to_u32()? as usize;
+            let pattern = md("attention.sliding_window_type")
+                .and_then(|v| v.to_u32())
+                .unwrap_or(6)
+                .max(1) as usize;
+            let global_base = md("rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(1e6);
+            let local_base = md("rope.local_freq_base")
+                .and_then(|v| v.to_f32())
+                .unwrap_or(10_000.0);
+            let scaling = md("rope.scaling.factor")
+                .and_then(|v| v.to_f32())
+                .unwrap_or(1.0);
+            let context = md("context_length")?.to_u32()? as usize;
+            let positions = context.min(MAX_POSITIONS);
+
+            let mut tensor = |name: &str| ct.tensor(reader, name, device);
+            let embed_q = tensor("token_embd.weight")?;
+            let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
+            let head = match tensor("output.weight") {
+                Ok(w) => QMatMul::from_qtensor(w)?,
+                Err(_) => QMatMul::from_qtensor(embed_q)?,
+            };
+            let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
+            let mut layers = Vec::with_capacity(blocks);
+            for i in 0..blocks {
+                let mut w = |name: &str| tensor(&format!("blk.{i}.{name}"));
+                let mut norm = |name: &str| RmsNorm::from_qtensor(w(name)?, eps);
+                let (attn_norm, q_norm, k_norm) = (
+                    norm("attn_norm.weight")?,
+                    norm("attn_q_norm.weight")?,
+                    norm("attn_k_norm.weight")?,
+                );
+                let (post_attn_norm, ffn_norm, post_ffn_norm) = (
+                    norm("post_attention_norm.weight")?,
+                    norm("ffn_norm.weight")?,
+                    norm("post_ffw_norm.weight")?,
+                );
+                let mut matrix = |name: &str| QMatMul::from_qtensor(w(name)?);
+                layers.push(Layer {
+                    attn_norm,
+                    q: matrix("attn_q.weight")?,
+                    k: matrix("attn_k.weight")?,
+                    v: matrix("attn_v.weight")?,
+                    o: matrix("attn_output.weight")?,
+                    q_norm,
+                    k_norm,
+                    post_attn_norm,
+                    ffn_norm,
+                    gate: matrix("ffn_gate.weight")?,
+                    up: matrix("ffn_up.weight")?,
+                    down: matrix("ffn_down.weight")?,
+                    post_ffn_norm,
+                    window: ((i + 1) % pattern != 0).then_some(window),
+                    cache: None,
+                });
+            }
+            Ok(Model {
+                embed,
+                embed_scale: (hidden as f64).sqrt(),
+                layers,
+                norm,
+                head,
+                local_rope: Rope::new(head_dim, local_base, 1.0, positions, device)?,
+                global_rope: Rope::new(head_dim, global_base, scaling, positions, device)?,
+                heads,
+                kv_heads,
+                head_dim,
+                device: device.clone(),
+            })
+        }
+
+        /// Logits `(batch, vocab)` for the last of `tokens` (`(batch, seq)`)
+        /// at positions `pos..pos + seq`. Position 0 starts afresh.
+        pub fn forward(&mut self, tokens: &Tensor, pos: usize) -> Result<Tensor> {
+            let (b, t) = tokens.dims2()?;
+            let (global_mask, local_mask) = if t > 1 {
+                let window = self.layers.iter().find_map(|l| l.window);
+                (
+                    Some(causal_mask(t, pos, None, &self.device)?),
+                    Some(causal_mask(t, pos, window, &self.device)?),
+                )
+            } else {
+                (None, None)
+            };
+            let mut x = (self.embed.forward(tokens)? * self.embed_scale)?;
+            let (heads, kv_heads, hd) = (self.heads, self.kv_heads, self.head_dim);
+            for layer in &mut self.layers {
+                let (rope, mask) = match layer.window {
+                    Some(_) => (&self.local_rope, local_mask.as_ref()),
+                    None => (&self.global_rope, global_mask.as_ref()),
+                };
+                let h = layer.attn_norm.forward(&x)?;
+                // (b, t, n * hd) -> (b, n, t, hd), normalised per head
+                let split = |y: Tensor, n: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
+                    let y = y.reshape((b, t, n, hd))?;
+                    let y = match norm {
+                        Some(norm) => norm.forward(&y)?,
+                        None => y,
+                    };
+                    y.transpose(1, 2)?.contiguous()
+                };
+                let q = split(layer.q.forward(&h)?, heads, Some(&layer.q_norm))?;
+                let k = split(layer.k.forward(&h)?, kv_heads, Some(&layer.k_norm))?;
+                let v = split(layer.v.forward(&h)?, kv_heads, None)?;
+                let q = rope.apply(&q, pos)?;
+                let k = rope.apply(&k, pos)?;
+                let y = attend(&q, k, v, &mut layer.cache, pos, mask, hd, layer.window)?;
+                let y = layer.o.forward(&y.transpose(1, 2)?.reshape((b, t, heads * hd))?)?;
+                x = (x + layer.post_attn_norm.forward(&y)?)?;
+
+                let h = layer.ffn_norm.forward(&x)?;
+                let gated = (layer.gate.forward(&h)?.gelu()? * layer.up.forward(&h)?)?;
+                let y = layer.down.forward(&gated)?;
+                x = (x + layer.post_ffn_norm.forward(&y)?)?;
+            }
+            let last = x.narrow(1, t - 1, 1)?.squeeze(1)?;
+            self.head.forward(&self.norm.forward(&last)?)
+        }
+
+        /// Forgets the KV cache.
+        pub fn clear_kv_cache(&mut self) {
+            for layer in &mut self.layers {
+                layer.cache = None;
+            }
+        }
     }
 }
 

@@ -727,6 +727,83 @@ mod tests {
         assert_eq!(clean(&once), once);
     }
 
+    /// Random mixes of furniture, punctuation and odd characters: cleaning
+    /// never panics and is idempotent, and segmenting its output gives
+    /// trimmed, non-empty slices.
+    #[test]
+    fn random_mixes_are_stable() {
+        const TOKENS: &[&str] = &[
+            "Mr.",
+            "U.S.",
+            "Share",
+            "12",
+            "shares",
+            "Read more:",
+            "Related",
+            "\n",
+            "\n\n",
+            " ",
+            "  ",
+            ".",
+            "?",
+            "!",
+            "\"",
+            "«",
+            "»",
+            "©",
+            "2019",
+            "105/210",
+            "Advertisement",
+            "a",
+            "The",
+            "é",
+            "漢",
+            "。",
+            "؟",
+            "\u{200c}",
+            "\u{200b}",
+            "\t",
+            "\r\n",
+            "Click here to",
+            "…",
+            "...",
+            "(",
+            ")",
+            "J.",
+            "word",
+            "Tweet",
+            "Page 2 of 5",
+            "See also",
+            "\u{feff}",
+        ];
+        // xorshift64: deterministic, no dependency.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..3000 {
+            let n = next() % 40;
+            let mut text = String::new();
+            for _ in 0..n {
+                text.push_str(TOKENS[(next() % TOKENS.len() as u64) as usize]);
+                if next() % 2 == 0 {
+                    text.push(' ');
+                }
+            }
+            let once = clean(&text);
+            assert_eq!(clean(&once), once, "not idempotent on {text:?}");
+            assert!(!once.contains("\n\n\n") && !once.contains("  "), "{once:?}");
+            for para in crate::text::segment::segment(&once) {
+                for s in para {
+                    assert!(!s.is_empty() && s == s.trim(), "{s:?}");
+                }
+            }
+        }
+    }
+
     /// The NTREX articles are clean story text: cleaning must leave every
     /// body, headline and reference translation (Spanish, Persian) as it is.
     #[test]

@@ -12,7 +12,7 @@ fn every_shipped_config_is_valid() {
             continue;
         }
         let job = Job::load(&path, &Overrides::default())
-            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            .unwrap_or_else(|e| panic!("{}: {:#}", path.display(), anyhow::Error::from(e)));
         assert!(!job.used_models().is_empty(), "{}", path.display());
         n += 1;
     }

@@ -35,9 +35,7 @@ fn open(source: &str, policy: FetchPolicy, settings: &HubSettings) -> tidings::R
 
 /// The full message, source chain included, as `main` prints it.
 fn message(err: tidings::Error) -> String {
-    let m = format!("{:#}", anyhow::Error::from(err));
-    eprintln!("MSG {m}");
-    m
+    format!("{:#}", anyhow::Error::from(err))
 }
 
 #[test]
