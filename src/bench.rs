@@ -132,7 +132,7 @@ pub fn run(job: &Job, articles: Option<u64>) -> Result<BenchReport> {
     for spec in job.used_models() {
         let loaded = crate::models::load(spec, FetchPolicy::CacheOnly, &device)?;
         if let Model::Causal(mut m) = loaded.model {
-            raw.push(raw_speed(&spec.name, &mut m, 64, 64)?);
+            raw.push(raw_speed(&spec.name, m.as_mut(), 64, 64)?);
         }
     }
     let load = stats.stages.get("load").map_or(0.0, |d| d.as_secs_f64());

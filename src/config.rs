@@ -192,7 +192,7 @@ impl DeviceSpec {
             context: format!(
                 "cannot open the {name} device (was tidings built with `--features {name}`?)"
             ),
-            source,
+            source: Box::new(source),
         })
     }
 }
@@ -673,7 +673,7 @@ impl Validator<'_> {
         if s.options.max_new_tokens == 0 {
             return Err(self.err(format!("{key}.max-new-tokens"), "must be at least 1"));
         }
-        if !(s.options.max_length_ratio > 0.0) {
+        if s.options.max_length_ratio.is_nan() || s.options.max_length_ratio <= 0.0 {
             return Err(self.err(format!("{key}.max-length-ratio"), "must be positive"));
         }
         Ok(s)

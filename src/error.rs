@@ -82,7 +82,7 @@ pub enum Error {
         model: String,
         context: String,
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 
     /// The tokenizer failed to load or to encode/decode.
@@ -133,7 +133,7 @@ impl Error {
         move |source| Error::Candle {
             model,
             context,
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -195,7 +195,7 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<RunStats> {
         let t = Instant::now();
         let mut records: Vec<Record> = Vec::with_capacity(window);
         let mut more = true;
-        while records.len() < window && more && !opts.limit.is_some_and(|l| taken >= l) {
+        while records.len() < window && more && opts.limit.is_none_or(|l| taken < l) {
             let want = window - records.len();
             match reader.next_chunk(want, &mut raw) {
                 Ok(m) => more = m,

@@ -180,13 +180,16 @@ impl RepetitionGuard {
 /// How many times the last `period` tokens occur back to back at the end.
 fn repeats_at_end(tokens: &[u32], period: usize) -> usize {
     let unit = &tokens[tokens.len() - period..];
-    tokens.rchunks_exact(period).take_while(|c| *c == unit).count()
+    tokens
+        .rchunks_exact(period)
+        .take_while(|c| *c == unit)
+        .count()
 }
 
 /// Whether `unit` is not itself a repetition of a shorter unit.
 fn is_primitive(unit: &[u32]) -> bool {
     let n = unit.len();
-    !(1..n).any(|p| n % p == 0 && unit.chunks_exact(p).all(|c| c == &unit[..p]))
+    !(1..n).any(|p| n.is_multiple_of(p) && unit.chunks_exact(p).all(|c| c == &unit[..p]))
 }
 
 #[cfg(test)]
@@ -234,7 +237,13 @@ mod tests {
         let tokens = [1, 2, 5, 6, 7, 5, 6, 7, 5, 6, 7, 9];
         let (at, l) = feed(&mut g, &tokens).expect("loop");
         assert_eq!(at, 10, "detected as soon as the third copy completes");
-        assert_eq!(l, Loop { period: 3, repeats: 3 });
+        assert_eq!(
+            l,
+            Loop {
+                period: 3,
+                repeats: 3
+            }
+        );
         assert_eq!(l.excess(), 6);
     }
 
@@ -243,7 +252,12 @@ mod tests {
         for period in 2..=8u32 {
             let mut g = RepetitionGuard::default();
             let unit: Vec<u32> = (100..100 + period).collect();
-            let tokens: Vec<u32> = unit.iter().cycle().take(3 * period as usize).copied().collect();
+            let tokens: Vec<u32> = unit
+                .iter()
+                .cycle()
+                .take(3 * period as usize)
+                .copied()
+                .collect();
             let (at, l) = feed(&mut g, &tokens).expect("loop");
             assert_eq!(at, tokens.len() - 1);
             assert_eq!(l.period, period as usize);
@@ -257,9 +271,18 @@ mod tests {
     #[test]
     fn single_token_runs_need_eight() {
         let mut g = RepetitionGuard::default();
-        assert!(feed(&mut g, &[4; 7]).is_none(), "seven zeros are a number, not a loop");
+        assert!(
+            feed(&mut g, &[4; 7]).is_none(),
+            "seven zeros are a number, not a loop"
+        );
         let l = g.push(4).expect("eighth repeat");
-        assert_eq!(l, Loop { period: 1, repeats: 8 });
+        assert_eq!(
+            l,
+            Loop {
+                period: 1,
+                repeats: 8
+            }
+        );
         assert_eq!(l.excess(), 7);
     }
 
@@ -292,7 +315,13 @@ mod tests {
         g.reset();
         assert!(feed(&mut g, &[3, 1, 2]).is_none());
         let (_, l) = feed(&mut g, &[1, 2]).expect("two copies are enough here");
-        assert_eq!(l, Loop { period: 2, repeats: 2 });
+        assert_eq!(
+            l,
+            Loop {
+                period: 2,
+                repeats: 2
+            }
+        );
         let mut g = RepetitionGuard::new(4, 2, 3);
         assert_eq!(feed(&mut g, &[9, 9, 9]).map(|(_, l)| l.period), Some(1));
     }

@@ -2,12 +2,17 @@
 //! translation and abstractive summaries: Qwen2/2.5, Qwen3, the Llama family
 //! (Llama 2/3, SmolLM2) and Gemma 3.
 //!
-//! The family comes from the file's `general.architecture`. Qwen3, Llama and
-//! Gemma 3 run through candle-transformers' quantized implementations. Qwen2
-//! runs through [`qwen2`], a small implementation of our own over the same
-//! GGUF tensors: candle's `quantized_qwen2::ModelWeights` is not `Clone`, and
-//! cloning the model per worker (weights shared, KV cache per clone) is how the
-//! pipeline parallelises. Tests check its logits against candle's.
+//! The family comes from the file's `general.architecture`. Qwen3 and Llama
+//! run through candle-transformers' quantized implementations. Qwen2 and
+//! Gemma 3 run through small implementations of our own over the same GGUF
+//! tensors ([`qwen2`], [`gemma3`], sharing [`layers`]): candle 0.11.1's
+//! `quantized_qwen2::ModelWeights` is not `Clone` (and cloning the model per
+//! worker, weights shared and KV cache per clone, is how the pipeline
+//! parallelises), and its `quantized_gemma3` computes a SiLU MLP where Gemma 3
+//! has GELU (its logits for a plain prompt are off by about 7; see
+//! `scripts/gemma3_reference_logits.py`) and allocates 2.3 GB of rotary
+//! tables for the 270M model. Tests check our Qwen2 against candle's and our
+//! Gemma 3 against a NumPy forward pass over the dequantized file.
 //!
 //! One call to [`CausalModel::generate`] handles one input text:
 //!
@@ -40,28 +45,25 @@
 //!   the input was not quoted) are removed.
 //!
 //! **Prefix reuse.** For a given task (language pair) every prompt starts with
-//! the same tokens: template, system line and instruction. For Qwen2 and
-//! Llama the model runs that prefix once, keeps a copy of itself with the KV
+//! the same tokens: template, system line and instruction. For Qwen2, Gemma 3
+//! and Llama the model runs that prefix once, keeps a copy of itself with the KV
 //! cache filled (a cheap clone: KV tensors are reference counted and grow by
 //! concatenation into new tensors, so the copy is never written), and starts
 //! every later prompt of the same task from that copy. The prompt is always
 //! tokenized whole; the reused prefix is the part of it shared with the
-//! tokenized prefix text, so the model sees exactly the same tokens either way.
-//! Gemma 3 cannot use it (candle 0.11.1's Gemma 3 mask breaks for a multi-token
-//! input after a cached prefix) and Qwen3 does not (its CPU KV buffer is
-//! preallocated, a clone copies it whole); both prefill the whole prompt.
+//! tokenized prefix text, so the model sees exactly the same tokens either way,
+//! and the prompt runs as the same two chunks (prefix, rest) with reuse on or
+//! off, so reuse never changes an output (see `prefill`).
+//! Qwen3 does not use it: candle's Qwen3 KV buffer on CPU is preallocated,
+//! so a clone copies it whole; it prefills the whole prompt.
 //!
 //! **Clones.** Weights are shared between clones (`Arc`ed `QTensor`s); each
 //! clone has its own KV cache. For Qwen3 on CPU a clone also copies candle's
 //! preallocated 4096-position KV buffer (about 1 GB for Qwen3-0.6B once used).
-//! Gemma 3 keeps its KV cache inside with no reset: a prompt run from position
-//! 0 replaces it, which is what every generation does.
 //!
-//! **Limits from candle 0.11.1.** The Llama implementation has rotary tables
-//! for 4096 positions, so [`CausalModel::context_length`] reports at most
-//! that for Llama files; ours for Qwen2 is capped at 32768. Gemma 3's sliding
-//! window is applied during prefill only (decode attends to the whole cache),
-//! which matters only past 512 tokens.
+//! **Limits.** candle 0.11.1's Llama has rotary tables for 4096 positions,
+//! so [`CausalModel::context_length`] reports at most that for Llama files;
+//! ours (Qwen2, Gemma 3) are capped at 32768 positions.
 
 use std::fmt;
 use std::fs::File;
@@ -242,7 +244,11 @@ impl ChatFormat {
                 ),
                 format!(
                     "<|im_end|>\n<|im_start|>assistant\n{}",
-                    if no_think { "<think>\n\n</think>\n\n" } else { "" }
+                    if no_think {
+                        "<think>\n\n</think>\n\n"
+                    } else {
+                        ""
+                    }
                 ),
             ),
             ChatFormat::Llama3 => (
@@ -372,7 +378,10 @@ impl CausalModel {
         };
         let description = describe_content(family, &content, &tokenizer, context_length);
 
-        let context = format!("failed to load the {family} weights from `{}`", gguf.display());
+        let context = format!(
+            "failed to load the {family} weights from `{}`",
+            gguf.display()
+        );
         let weights = load_weights(family, content, &mut reader, device)
             .map_err(Error::candle(name, &context))?;
         tracing::debug!(model = name, %family, ?format, stops = ?stops.sorted(), "loaded");
@@ -493,11 +502,20 @@ impl CausalModel {
 
         let prompt = self.encode_prompt(&format!("{head}{input}{tail}"))?;
         let prefix = self.encode_prompt(&head)?;
-        let shared_prefix = prefix.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
+        let shared_prefix = prefix
+            .iter()
+            .zip(&prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
 
         let single_paragraph = matches!(task, Task::Translate { .. }) && !input.contains("\n\n");
-        let (text, generated, finish) =
-            self.decode(&prompt, shared_prefix, budget, opts.repetition_guard, single_paragraph)?;
+        let (text, generated, finish) = self.decode(
+            &prompt,
+            shared_prefix,
+            budget,
+            opts.repetition_guard,
+            single_paragraph,
+        )?;
         tracing::debug!(
             model = %self.shared.name,
             prompt_tokens = prompt.len(),
@@ -566,19 +584,30 @@ impl CausalModel {
         Ok((text, generated, finish))
     }
 
-    /// Runs the prompt and returns the logits of its last position, starting
-    /// from a cached prefix where the family allows it.
+    /// Runs the prompt and returns the logits of its last position.
+    ///
+    /// Where the family allows prefix reuse, the prompt always runs in two
+    /// chunks, the shared prefix and the rest, whether or not the prefix's
+    /// KV cache comes from an earlier prompt: the same chunks give the same
+    /// floats, so reuse never changes an output. (One chunk would not give
+    /// bit-identical logits: quantized matmuls round activations to 8 bits,
+    /// and float noise from differently shaped attention products flips
+    /// some roundings; the logits then move by a few tenths.)
     fn prefill(&mut self, prompt: &[u32], shared_prefix: usize) -> Result<Vec<f32>> {
-        let reuse = self.prefix_reuse
-            && self.shared.family.reuses_prefix()
+        let chunked = self.shared.family.reuses_prefix()
             && shared_prefix >= MIN_PREFIX_TOKENS
             && shared_prefix < prompt.len();
-        if !reuse {
+        if !chunked {
             self.weights.clear();
             return self.forward(prompt, 0);
         }
         let prefix = &prompt[..shared_prefix];
-        match self.primed.iter().position(|p| p.tokens == prefix) {
+        let cached = if self.prefix_reuse {
+            self.primed.iter().position(|p| p.tokens == prefix)
+        } else {
+            None
+        };
+        match cached {
             Some(i) => {
                 let primed = self.primed.remove(i);
                 self.weights = primed.weights.clone();
@@ -587,14 +616,16 @@ impl CausalModel {
             None => {
                 self.weights.clear();
                 self.forward(prefix, 0)?;
-                self.primed.insert(
-                    0,
-                    Primed {
-                        tokens: prefix.to_vec(),
-                        weights: self.weights.clone(),
-                    },
-                );
-                self.primed.truncate(MAX_PRIMED);
+                if self.prefix_reuse {
+                    self.primed.insert(
+                        0,
+                        Primed {
+                            tokens: prefix.to_vec(),
+                            weights: self.weights.clone(),
+                        },
+                    );
+                    self.primed.truncate(MAX_PRIMED);
+                }
             }
         }
         self.forward(&prompt[shared_prefix..], shared_prefix)
@@ -651,7 +682,10 @@ impl CausalModel {
         self.shared
             .tokenizer
             .decode(ids, true)
-            .map_err(Error::tokenizer(&self.shared.name, "failed to decode tokens"))
+            .map_err(Error::tokenizer(
+                &self.shared.name,
+                "failed to decode tokens",
+            ))
     }
 }
 
@@ -685,9 +719,9 @@ fn load_weights<R: Read + Seek>(
         Family::Qwen3 => Weights::Qwen3(Box::new(quantized_qwen3::ModelWeights::from_gguf(
             content, reader, device,
         )?)),
-        Family::Llama => {
-            Weights::Llama(quantized_llama::ModelWeights::from_gguf(content, reader, device)?)
-        }
+        Family::Llama => Weights::Llama(quantized_llama::ModelWeights::from_gguf(
+            content, reader, device,
+        )?),
         Family::Gemma3 => Weights::Gemma3(gemma3::Model::from_gguf(&content, reader, device)?),
     })
 }
@@ -909,7 +943,9 @@ mod qwen2 {
             let k = rope.apply(&project(&self.k, &self.k_bias, self.kv_heads)?, pos)?;
             let v = project(&self.v, &self.v_bias, self.kv_heads)?;
             let y = attend(&q, k, v, &mut self.cache, pos, mask, self.head_dim, None)?;
-            let y = y.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+            let y = y
+                .transpose(1, 2)?
+                .reshape((b, t, self.heads * self.head_dim))?;
             self.o.forward(&y)
         }
     }
@@ -944,16 +980,18 @@ mod qwen2 {
             device: &Device,
         ) -> Result<Self> {
             let md = |key: &str| -> Result<&candle_core::quantized::gguf_file::Value> {
-                ct.metadata
-                    .get(&format!("qwen2.{key}"))
-                    .ok_or_else(|| candle_core::Error::Msg(format!("missing metadata `qwen2.{key}`")))
+                ct.metadata.get(&format!("qwen2.{key}")).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("missing metadata `qwen2.{key}`"))
+                })
             };
             let heads = md("attention.head_count")?.to_u32()? as usize;
             let kv_heads = md("attention.head_count_kv")?.to_u32()? as usize;
             let blocks = md("block_count")?.to_u32()? as usize;
             let hidden = md("embedding_length")?.to_u32()? as usize;
             let eps = md("attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
-            let base = md("rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(10_000.0);
+            let base = md("rope.freq_base")
+                .and_then(|v| v.to_f32())
+                .unwrap_or(10_000.0);
             let context = md("context_length")?.to_u32()? as usize;
             let head_dim = md("attention.key_length")
                 .and_then(|v| v.to_u32())
@@ -1019,7 +1057,8 @@ mod qwen2 {
                 let h = layer.attn.forward(&h, mask.as_ref(), pos, &self.rope)?;
                 x = (x + h)?;
                 let h = layer.ffn_norm.forward(&x)?;
-                let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+                let gated =
+                    (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
                 x = (x + layer.down.forward(&gated)?)?;
             }
             // Only the last position feeds the next-token distribution.
@@ -1034,7 +1073,6 @@ mod qwen2 {
             }
         }
     }
-
 }
 
 /// Pieces shared by our decoder implementations ([`qwen2`], [`gemma3`]).
@@ -1130,9 +1168,10 @@ mod layers {
         window: Option<usize>,
     ) -> Result<Tensor> {
         let (k, v) = match cache {
-            Some((past_k, past_v)) if pos > 0 => {
-                (Tensor::cat(&[&*past_k, &k], 2)?, Tensor::cat(&[&*past_v, &v], 2)?)
-            }
+            Some((past_k, past_v)) if pos > 0 => (
+                Tensor::cat(&[&*past_k, &k], 2)?,
+                Tensor::cat(&[&*past_v, &v], 2)?,
+            ),
             _ => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
@@ -1344,7 +1383,9 @@ mod gemma3 {
                 let q = rope.apply(&q, pos)?;
                 let k = rope.apply(&k, pos)?;
                 let y = attend(&q, k, v, &mut layer.cache, pos, mask, hd, layer.window)?;
-                let y = layer.o.forward(&y.transpose(1, 2)?.reshape((b, t, heads * hd))?)?;
+                let y = layer
+                    .o
+                    .forward(&y.transpose(1, 2)?.reshape((b, t, heads * hd))?)?;
                 x = (x + layer.post_attn_norm.forward(&y)?)?;
 
                 let h = layer.ffn_norm.forward(&x)?;
@@ -1383,7 +1424,10 @@ mod tests {
         assert_eq!(Family::from_architecture("gemma3"), Some(Family::Gemma3));
         assert_eq!(Family::from_architecture("phi3"), None);
         for arch in Family::SUPPORTED {
-            assert_eq!(Family::from_architecture(arch).unwrap().architecture(), *arch);
+            assert_eq!(
+                Family::from_architecture(arch).unwrap().architecture(),
+                *arch
+            );
         }
     }
 
@@ -1403,23 +1447,41 @@ mod tests {
     fn cleaning_removes_labels_quotes_and_think_blocks() {
         let t = translate();
         let input = "The government said so.";
-        assert_eq!(clean_output("Translation: El gobierno.", t, input), "El gobierno.");
-        assert_eq!(clean_output("**Spanish translation:** El gobierno.", t, input), "El gobierno.");
-        assert_eq!(clean_output("Spanish: El gobierno.", t, input), "El gobierno.");
+        assert_eq!(
+            clean_output("Translation: El gobierno.", t, input),
+            "El gobierno."
+        );
+        assert_eq!(
+            clean_output("**Spanish translation:** El gobierno.", t, input),
+            "El gobierno."
+        );
+        assert_eq!(
+            clean_output("Spanish: El gobierno.", t, input),
+            "El gobierno."
+        );
         assert_eq!(
             clean_output("Here is the translation:\n\n\"El gobierno.\"", t, input),
             "El gobierno."
         );
         assert_eq!(clean_output("“El gobierno.”", t, input), "El gobierno.");
-        assert_eq!(clean_output("<think>\n\n</think>\n\nEl gobierno.", t, input), "El gobierno.");
+        assert_eq!(
+            clean_output("<think>\n\n</think>\n\nEl gobierno.", t, input),
+            "El gobierno."
+        );
         assert_eq!(clean_output("<think>hmm", t, input), "");
         // kept: a colon inside the sentence, quotes present in the source,
         // two quoted parts
         assert_eq!(clean_output("Dijo: sí.", t, input), "Dijo: sí.");
-        assert_eq!(clean_output("\"Sí\", dijo.", t, "\"Yes\", he said."), "\"Sí\", dijo.");
+        assert_eq!(
+            clean_output("\"Sí\", dijo.", t, "\"Yes\", he said."),
+            "\"Sí\", dijo."
+        );
         assert_eq!(clean_output("\"Sí\" y \"no\"", t, input), "\"Sí\" y \"no\"");
         let s = Task::Summarize { max_words: 50 };
-        assert_eq!(clean_output("Summary: The budget.", s, input), "The budget.");
+        assert_eq!(
+            clean_output("Summary: The budget.", s, input),
+            "The budget."
+        );
         assert_eq!(clean_output("Translation: x", s, input), "Translation: x");
     }
 

@@ -12,7 +12,7 @@ pub enum Model {
     /// Sentence-embedding extractive summarizer (BERT family).
     Extractive(extractive::Extractive),
     /// Decoder-only GGUF model (Qwen2/3, Llama, Gemma 3), prompted.
-    Causal(causal::CausalModel),
+    Causal(Box<causal::CausalModel>),
 }
 
 /// A model with the names it goes by.
@@ -88,12 +88,12 @@ pub fn load(
     let model = match files.primary() {
         Some(p) if is_gguf(p) => {
             let tok = files.get_optional("tokenizer.json")?;
-            Model::Causal(causal::CausalModel::load(
+            Model::Causal(Box::new(causal::CausalModel::load(
                 &spec.name,
                 p,
                 tok.as_deref(),
                 device,
-            )?)
+            )?))
         }
         _ => {
             let config = files.get("config.json")?;

@@ -73,8 +73,10 @@ pub fn load(
     tokenizer_json: Option<&Path>,
 ) -> Result<Tokenizer> {
     if let Some(path) = tokenizer_json {
-        return Tokenizer::from_file(path)
-            .map_err(Error::tokenizer(name, &format!("failed to load `{}`", path.display())));
+        return Tokenizer::from_file(path).map_err(Error::tokenizer(
+            name,
+            &format!("failed to load `{}`", path.display()),
+        ));
     }
     let kind = match gguf_content.metadata.get("tokenizer.ggml.model") {
         Some(Value::String(kind)) => kind.to_lowercase(),
@@ -109,8 +111,9 @@ fn model_error(name: &str, message: &str) -> Error {
 /// Byte-level BPE through candle, with the pre-tokenizer fixed where candle
 /// would otherwise add a prefix space.
 fn gpt2_from_gguf(name: &str, ct: &Content) -> Result<Tokenizer> {
-    let mut tokenizer = Tokenizer::from_gguf(ct)
-        .map_err(|e| Error::tokenizer(name, "failed to build the GGUF gpt2 tokenizer")(Box::new(e)))?;
+    let mut tokenizer = Tokenizer::from_gguf(ct).map_err(|e| {
+        Error::tokenizer(name, "failed to build the GGUF gpt2 tokenizer")(Box::new(e))
+    })?;
     let pre = match ct.metadata.get("tokenizer.ggml.pre") {
         Some(Value::String(pre)) => pre.as_str(),
         _ => "gpt2",
@@ -148,7 +151,10 @@ impl Pieces {
             .iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.clone()),
-                _ => Err(model_error(name, "`tokenizer.ggml.tokens` holds a non-string")),
+                _ => Err(model_error(
+                    name,
+                    "`tokenizer.ggml.tokens` holds a non-string",
+                )),
             })
             .collect::<Result<Vec<_>>>()?;
         // Without scores, SentencePiece files are ordered by score anyway:
@@ -159,7 +165,10 @@ impl Pieces {
                 .map(|v| match v {
                     Value::F32(s) => Ok(*s),
                     Value::F64(s) => Ok(*s as f32),
-                    _ => Err(model_error(name, "`tokenizer.ggml.scores` holds a non-float")),
+                    _ => Err(model_error(
+                        name,
+                        "`tokenizer.ggml.scores` holds a non-float",
+                    )),
                 })
                 .collect::<Result<Vec<_>>>()?,
             None => (0..tokens.len()).map(|i| -(i as f32)).collect(),
@@ -223,7 +232,12 @@ impl Pieces {
         });
         merges
             .into_iter()
-            .map(|(_, l, r)| (self.tokens[l as usize].clone(), self.tokens[r as usize].clone()))
+            .map(|(_, l, r)| {
+                (
+                    self.tokens[l as usize].clone(),
+                    self.tokens[r as usize].clone(),
+                )
+            })
             .collect()
     }
 }
@@ -350,14 +364,24 @@ mod tests {
 
     /// A miniature SentencePiece vocabulary in Gemma's style.
     fn spm(add_space_prefix: bool) -> Tokenizer {
-        let mut tokens = vec!["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "\n\n"];
+        let mut tokens = vec![
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<unk>",
+            "<start_of_turn>",
+            "\n\n",
+        ];
         let mut types = vec![3, 3, 3, 2, 3, 4];
         let bytes: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
         for b in &bytes {
             tokens.push(b.as_str());
             types.push(6);
         }
-        let normal = ["▁", "e", "h", "l", "o", "w", "r", "d", "▁w", "he", "ll", "llo", "hello", "▁wor", "or", "ld", "▁world"];
+        let normal = [
+            "▁", "e", "h", "l", "o", "w", "r", "d", "▁w", "he", "ll", "llo", "hello", "▁wor", "or",
+            "ld", "▁world",
+        ];
         for n in normal {
             tokens.push(n);
             types.push(1);
@@ -367,8 +391,14 @@ mod tests {
             ("tokenizer.ggml.model", Value::String("llama".into())),
             ("tokenizer.ggml.tokens", strings(&tokens)),
             ("tokenizer.ggml.scores", Value::Array(scores)),
-            ("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect())),
-            ("tokenizer.ggml.add_space_prefix", Value::Bool(add_space_prefix)),
+            (
+                "tokenizer.ggml.token_type",
+                Value::Array(types.into_iter().map(Value::I32).collect()),
+            ),
+            (
+                "tokenizer.ggml.add_space_prefix",
+                Value::Bool(add_space_prefix),
+            ),
         ]);
         load("tiny", &ct, None).unwrap()
     }
@@ -398,7 +428,11 @@ mod tests {
             pieces(&tok, "<start_of_turn>hello\n\nworld"),
             ["<start_of_turn>", "hello", "\n\n", "w", "or", "ld"]
         );
-        let ids = tok.encode("<start_of_turn>hello\n\nworld", false).unwrap().get_ids().to_vec();
+        let ids = tok
+            .encode("<start_of_turn>hello\n\nworld", false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         assert_eq!(tok.decode(&ids, true).unwrap(), "hello\n\nworld");
     }
 
@@ -415,7 +449,10 @@ mod tests {
     fn unknown_tokenizer_kind_is_a_clear_error() {
         let ct = content(vec![("tokenizer.ggml.model", Value::String("bert".into()))]);
         let err = load("m", &ct, None).unwrap_err().to_string();
-        assert!(err.contains("`bert`") && err.contains("gpt2, llama"), "{err}");
+        assert!(
+            err.contains("`bert`") && err.contains("gpt2, llama"),
+            "{err}"
+        );
         let err = load("m", &content(vec![]), None).unwrap_err().to_string();
         assert!(err.contains("no tokenizer"), "{err}");
     }

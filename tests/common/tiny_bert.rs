@@ -23,17 +23,15 @@ use tokenizers::Tokenizer;
 /// exceed it with a short text.
 pub const MAX_SEQ_LENGTH: usize = 16;
 
-/// Words of the vocabulary (after the special tokens); `##s` lets plurals split.
-const WORDS: &[&str] = &[
-    "the", "a", "an", "of", "to", "in", "on", "and", "is", "was", "for", "with", "at", "by", "from",
-    "it", "he", "she", "they", "we", "said", "says", "new", "old", "government", "minister", "city",
-    "river", "rain", "flood", "town", "day", "week", "year", "police", "court", "school", "team",
-    "match", "won", "lost", "game", "price", "oil", "market", "bank", "rate", "cat", "dog", "sleeps",
-    "runs", "house", "car", "road", "tax", "steel", "import", "export", "law", "vote", "people",
-    "after", "before", "during", "three", "two", "one", "many", "heavy", "warm", "cold", "big",
-    "small", "report", "news", "story", "today", "tuesday", "monday", "officials", "plan", "change",
-    "name", "parliament", "member", "##s", "##ed", "##ing", ".", ",", "!", "?", "'", "\"",
-];
+/// Words of the vocabulary (after the special tokens), separated by spaces; `##s` lets
+/// plurals split.
+const WORDS: &str =
+    "the a an of to in on and is was for with at by from it he she they we said says \
+     new old government minister city river rain flood town day week year police \
+     court school team match won lost game price oil market bank rate cat dog sleeps \
+     runs house car road tax steel import export law vote people after before during \
+     three two one many heavy warm cold big small report news story today tuesday \
+     monday officials plan change name parliament member ##s ##ed ##ing . , ! ? ' \"";
 
 /// SplitMix64: tiny, seedable, and good enough to fill weights.
 struct SplitMix64(u64);
@@ -56,7 +54,7 @@ impl SplitMix64 {
 /// The BERT config of the fixture: hidden 32, 2 layers, 4 heads.
 pub fn config() -> Config {
     Config {
-        vocab_size: 5 + WORDS.len(),
+        vocab_size: 5 + WORDS.split_whitespace().count(),
         hidden_size: 32,
         num_hidden_layers: 2,
         num_attention_heads: 4,
@@ -88,7 +86,10 @@ pub fn write(dir: &Path, seed: u64) -> Result<()> {
         "type_vocab_size": config.type_vocab_size,
         "vocab_size": config.vocab_size,
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config_json)?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config_json)?,
+    )?;
     std::fs::write(
         dir.join("sentence_bert_config.json"),
         format!("{{\"max_seq_length\": {MAX_SEQ_LENGTH}, \"do_lower_case\": false}}"),
@@ -110,7 +111,10 @@ pub fn write(dir: &Path, seed: u64) -> Result<()> {
 fn write_tokenizer(dir: &Path) -> Result<()> {
     let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
     let vocab_path = dir.join("vocab.txt");
-    let lines: Vec<&str> = specials.iter().chain(WORDS).copied().collect();
+    let lines: Vec<&str> = specials
+        .into_iter()
+        .chain(WORDS.split_whitespace())
+        .collect();
     std::fs::write(&vocab_path, lines.join("\n") + "\n")?;
 
     let wordpiece = WordPiece::builder()

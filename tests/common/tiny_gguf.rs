@@ -86,7 +86,10 @@ pub fn write(path: &Path, spec: &Spec) -> Result<()> {
         metadata.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)));
     }
     let arch = spec.arch.name();
-    let general = spec.architecture.clone().unwrap_or_else(|| arch.to_string());
+    let general = spec
+        .architecture
+        .clone()
+        .unwrap_or_else(|| arch.to_string());
     metadata.push(("general.architecture".into(), Value::String(general)));
     metadata.push(("general.name".into(), Value::String(format!("tiny-{arch}"))));
     let mut hyper = |key: &str, value: Value| metadata.push((format!("{arch}.{key}"), value));
@@ -111,51 +114,147 @@ pub fn write(path: &Path, spec: &Spec) -> Result<()> {
     }
 
     let mut rng = XorShift::new(spec.seed);
-    let matrix_type = if spec.f32 { GgmlDType::F32 } else { GgmlDType::Q8_0 };
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let mut add = |name: String, shape: &[usize], scale: f32, offset: f32, dtype: GgmlDType| -> Result<()> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| offset + scale * rng.uniform()).collect();
-        let t = Tensor::from_vec(values, shape, &Device::Cpu)?;
-        tensors.push((name, QTensor::quantize(&t, dtype)?));
-        Ok(())
+    let matrix_type = if spec.f32 {
+        GgmlDType::F32
+    } else {
+        GgmlDType::Q8_0
     };
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut add =
+        |name: String, shape: &[usize], scale: f32, offset: f32, dtype: GgmlDType| -> Result<()> {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n).map(|_| offset + scale * rng.uniform()).collect();
+            let t = Tensor::from_vec(values, shape, &Device::Cpu)?;
+            tensors.push((name, QTensor::quantize(&t, dtype)?));
+            Ok(())
+        };
     let linear = |fan_in: usize| (3.0 / fan_in as f32).sqrt();
     let kv = KV_HEADS * HEAD_DIM;
-    add("token_embd.weight".into(), &[vocab, HIDDEN], 1.0, 0.0, matrix_type)?;
-    add("output_norm.weight".into(), &[HIDDEN], 0.1, 1.0, GgmlDType::F32)?;
+    add(
+        "token_embd.weight".into(),
+        &[vocab, HIDDEN],
+        1.0,
+        0.0,
+        matrix_type,
+    )?;
+    add(
+        "output_norm.weight".into(),
+        &[HIDDEN],
+        0.1,
+        1.0,
+        GgmlDType::F32,
+    )?;
     // Llama files carry their own output head; Qwen2 and Gemma 3 here tie it
     // to the embeddings, as Qwen2.5-0.5B and Gemma 3 do.
     if matches!(spec.arch, Arch::Llama | Arch::Qwen3) {
-        add("output.weight".into(), &[vocab, HIDDEN], linear(HIDDEN), 0.0, matrix_type)?;
+        add(
+            "output.weight".into(),
+            &[vocab, HIDDEN],
+            linear(HIDDEN),
+            0.0,
+            matrix_type,
+        )?;
     }
     for i in 0..BLOCKS {
         let b = |name: &str| format!("blk.{i}.{name}");
         add(b("attn_norm.weight"), &[HIDDEN], 0.1, 1.0, GgmlDType::F32)?;
-        add(b("attn_q.weight"), &[HEADS * HEAD_DIM, HIDDEN], linear(HIDDEN), 0.0, matrix_type)?;
-        add(b("attn_k.weight"), &[kv, HIDDEN], linear(HIDDEN), 0.0, matrix_type)?;
-        add(b("attn_v.weight"), &[kv, HIDDEN], linear(HIDDEN), 0.0, matrix_type)?;
-        add(b("attn_output.weight"), &[HIDDEN, HEADS * HEAD_DIM], linear(HIDDEN), 0.0, matrix_type)?;
+        add(
+            b("attn_q.weight"),
+            &[HEADS * HEAD_DIM, HIDDEN],
+            linear(HIDDEN),
+            0.0,
+            matrix_type,
+        )?;
+        add(
+            b("attn_k.weight"),
+            &[kv, HIDDEN],
+            linear(HIDDEN),
+            0.0,
+            matrix_type,
+        )?;
+        add(
+            b("attn_v.weight"),
+            &[kv, HIDDEN],
+            linear(HIDDEN),
+            0.0,
+            matrix_type,
+        )?;
+        add(
+            b("attn_output.weight"),
+            &[HIDDEN, HEADS * HEAD_DIM],
+            linear(HIDDEN),
+            0.0,
+            matrix_type,
+        )?;
         if spec.arch == Arch::Qwen2 {
-            add(b("attn_q.bias"), &[HEADS * HEAD_DIM], 0.5, 0.0, GgmlDType::F32)?;
+            add(
+                b("attn_q.bias"),
+                &[HEADS * HEAD_DIM],
+                0.5,
+                0.0,
+                GgmlDType::F32,
+            )?;
             add(b("attn_k.bias"), &[kv], 0.5, 0.0, GgmlDType::F32)?;
             add(b("attn_v.bias"), &[kv], 0.5, 0.0, GgmlDType::F32)?;
         }
         if matches!(spec.arch, Arch::Qwen3 | Arch::Gemma3) {
-            add(b("attn_q_norm.weight"), &[HEAD_DIM], 0.1, 1.0, GgmlDType::F32)?;
-            add(b("attn_k_norm.weight"), &[HEAD_DIM], 0.1, 1.0, GgmlDType::F32)?;
+            add(
+                b("attn_q_norm.weight"),
+                &[HEAD_DIM],
+                0.1,
+                1.0,
+                GgmlDType::F32,
+            )?;
+            add(
+                b("attn_k_norm.weight"),
+                &[HEAD_DIM],
+                0.1,
+                1.0,
+                GgmlDType::F32,
+            )?;
         }
         if spec.arch == Arch::Gemma3 {
-            add(b("post_attention_norm.weight"), &[HIDDEN], 0.1, 1.0, GgmlDType::F32)?;
-            add(b("post_ffw_norm.weight"), &[HIDDEN], 0.1, 1.0, GgmlDType::F32)?;
+            add(
+                b("post_attention_norm.weight"),
+                &[HIDDEN],
+                0.1,
+                1.0,
+                GgmlDType::F32,
+            )?;
+            add(
+                b("post_ffw_norm.weight"),
+                &[HIDDEN],
+                0.1,
+                1.0,
+                GgmlDType::F32,
+            )?;
         }
         add(b("ffn_norm.weight"), &[HIDDEN], 0.1, 1.0, GgmlDType::F32)?;
-        add(b("ffn_gate.weight"), &[FFN, HIDDEN], linear(HIDDEN), 0.0, matrix_type)?;
-        add(b("ffn_up.weight"), &[FFN, HIDDEN], linear(HIDDEN), 0.0, matrix_type)?;
-        add(b("ffn_down.weight"), &[HIDDEN, FFN], linear(FFN), 0.0, matrix_type)?;
+        add(
+            b("ffn_gate.weight"),
+            &[FFN, HIDDEN],
+            linear(HIDDEN),
+            0.0,
+            matrix_type,
+        )?;
+        add(
+            b("ffn_up.weight"),
+            &[FFN, HIDDEN],
+            linear(HIDDEN),
+            0.0,
+            matrix_type,
+        )?;
+        add(
+            b("ffn_down.weight"),
+            &[HIDDEN, FFN],
+            linear(FFN),
+            0.0,
+            matrix_type,
+        )?;
     }
 
-    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata_refs: Vec<(&str, &Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut out = BufWriter::new(File::create(path)?);
     gguf_file::write(&mut out, &metadata_refs, &tensor_refs)?;
@@ -165,7 +264,12 @@ pub fn write(path: &Path, spec: &Spec) -> Result<()> {
 type Metadata = Vec<(String, Value)>;
 
 fn strings<S: AsRef<str>>(items: &[S]) -> Value {
-    Value::Array(items.iter().map(|s| Value::String(s.as_ref().to_string())).collect())
+    Value::Array(
+        items
+            .iter()
+            .map(|s| Value::String(s.as_ref().to_string()))
+            .collect(),
+    )
 }
 
 /// GPT-2 style: the byte symbols, merges for a few frequent English pairs,
@@ -173,10 +277,30 @@ fn strings<S: AsRef<str>>(items: &[S]) -> Value {
 fn byte_level_vocab(arch: Arch) -> (Metadata, usize) {
     let mut tokens = byte_symbols();
     let merges = [
-        ("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("e", "r"), ("a", "n"),
-        ("Ġ", "a"), ("o", "n"), ("r", "e"), ("Ġ", "s"), ("e", "n"), ("a", "t"),
-        ("Ġ", "w"), ("o", "r"), ("i", "s"), ("Ġ", "c"), ("e", "s"), ("Ġ", "T"),
-        ("Ġ", "o"), ("e", "d"), ("i", "t"), ("Ġ", "p"), ("a", "l"), ("Ġ", "b"),
+        ("Ġ", "t"),
+        ("h", "e"),
+        ("Ġt", "he"),
+        ("i", "n"),
+        ("e", "r"),
+        ("a", "n"),
+        ("Ġ", "a"),
+        ("o", "n"),
+        ("r", "e"),
+        ("Ġ", "s"),
+        ("e", "n"),
+        ("a", "t"),
+        ("Ġ", "w"),
+        ("o", "r"),
+        ("i", "s"),
+        ("Ġ", "c"),
+        ("e", "s"),
+        ("Ġ", "T"),
+        ("Ġ", "o"),
+        ("e", "d"),
+        ("i", "t"),
+        ("Ġ", "p"),
+        ("a", "l"),
+        ("Ġ", "b"),
     ];
     for (a, b) in merges {
         tokens.push(format!("{a}{b}"));
@@ -189,15 +313,28 @@ fn byte_level_vocab(arch: Arch) -> (Metadata, usize) {
     }
     let vocab = tokens.len();
     let merges: Vec<String> = merges.iter().map(|(a, b)| format!("{a} {b}")).collect();
-    let pre = if arch == Arch::Llama { "smollm" } else { "qwen2" };
+    let pre = if arch == Arch::Llama {
+        "smollm"
+    } else {
+        "qwen2"
+    };
     let metadata = vec![
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
         ("tokenizer.ggml.tokens".into(), strings(&tokens)),
-        ("tokenizer.ggml.token_type".into(), Value::Array(types.into_iter().map(Value::I32).collect())),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
         ("tokenizer.ggml.merges".into(), strings(&merges)),
-        ("tokenizer.ggml.bos_token_id".into(), Value::U32(first_special)),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32(first_special + 2)),
+        (
+            "tokenizer.ggml.bos_token_id".into(),
+            Value::U32(first_special),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id".into(),
+            Value::U32(first_special + 2),
+        ),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
     ];
     (metadata, vocab)
@@ -215,7 +352,14 @@ fn sentencepiece_vocab() -> (Metadata, usize) {
         types.push(ty);
         scores.push(score);
     };
-    for t in ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"] {
+    for t in [
+        "<pad>",
+        "<eos>",
+        "<bos>",
+        "<unk>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+    ] {
         push(t.to_string(), 3, -1000.0);
     }
     for t in ["\n", "\n\n"] {
@@ -224,13 +368,24 @@ fn sentencepiece_vocab() -> (Metadata, usize) {
     for b in 0..=255u8 {
         push(format!("<0x{b:02X}>"), 6, 0.0);
     }
-    let mut normal: Vec<String> = ["▁t", "he", "▁the", "in", "er", "an", "▁a", "on", "re", "▁s", "en", "at"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut normal: Vec<String> = [
+        "▁t", "he", "▁the", "in", "er", "an", "▁a", "on", "re", "▁s", "en", "at",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     normal.push("▁".to_string());
-    normal.extend(('a'..='z').chain('A'..='Z').chain('0'..='9').map(|c| c.to_string()));
-    normal.extend([".", ",", "!", "?", "'", ":", "-"].iter().map(|s| s.to_string()));
+    normal.extend(
+        ('a'..='z')
+            .chain('A'..='Z')
+            .chain('0'..='9')
+            .map(|c| c.to_string()),
+    );
+    normal.extend(
+        [".", ",", "!", "?", "'", ":", "-"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     for (i, t) in normal.into_iter().enumerate() {
         push(t, 1, -(i as f32));
     }
@@ -239,8 +394,14 @@ fn sentencepiece_vocab() -> (Metadata, usize) {
         ("tokenizer.ggml.model".into(), Value::String("llama".into())),
         ("tokenizer.ggml.pre".into(), Value::String("default".into())),
         ("tokenizer.ggml.tokens".into(), strings(&tokens)),
-        ("tokenizer.ggml.scores".into(), Value::Array(scores.into_iter().map(Value::F32).collect())),
-        ("tokenizer.ggml.token_type".into(), Value::Array(types.into_iter().map(Value::I32).collect())),
+        (
+            "tokenizer.ggml.scores".into(),
+            Value::Array(scores.into_iter().map(Value::F32).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(2)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.unknown_token_id".into(), Value::U32(3)),
@@ -252,7 +413,9 @@ fn sentencepiece_vocab() -> (Metadata, usize) {
 
 /// GPT-2's printable stand-ins for the 256 byte values, in byte order.
 pub fn byte_symbols() -> Vec<String> {
-    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     let mut next = 256;
     (0..256u32)
         .map(|b| {

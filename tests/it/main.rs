@@ -4,3 +4,7 @@ mod cli;
 mod hub;
 mod configs;
 mod causal;
+#[path = "../common/mod.rs"]
+mod common;
+mod real_pipeline;
+mod pipeline;
