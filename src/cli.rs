@@ -1,4 +1,4 @@
-//! The command line: `tidings run | validate | models`.
+//! The command line: `tidings run | bench | validate | models | merge`.
 //!
 //! Flags override the job config; every flag says what it does in `--help`.
 
@@ -37,6 +37,30 @@ pub enum Command {
         #[command(subcommand)]
         action: ModelsAction,
     },
+    /// Join the outputs of `run --shard` into one file, checking that no record
+    /// appears twice and (with --input) that every input record is there.
+    Merge(MergeArgs),
+}
+
+/// `tidings merge` flags.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The merged JSONL; failed records of the shards' errors files go to its
+    /// `<stem>.errors.jsonl`. Written only when the checks pass.
+    #[arg(long, short, value_name = "MERGED.jsonl")]
+    pub output: PathBuf,
+    /// The original input (`.gz`/`.zst` by extension): check that every record in it
+    /// is in the shard outputs or their errors files exactly once.
+    #[arg(long, short, value_name = "ORIGINAL.jsonl")]
+    pub input: Option<PathBuf>,
+    /// The job config the shards ran with, for the input's field names (`id-field`).
+    /// Without it the defaults are used.
+    #[arg(long, short, requires = "input")]
+    pub config: Option<PathBuf>,
+    /// The shard outputs, in the order to concatenate them. Each one's errors file
+    /// (`<stem>.errors.jsonl`) is read too when it exists.
+    #[arg(required = true, value_name = "SHARD_OUTPUT")]
+    pub shards: Vec<PathBuf>,
 }
 
 /// `--config` alone.
@@ -97,7 +121,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub resume: bool,
     /// Process only the records whose id hashes to shard K of N (0 <= K < N), e.g. `2/8`.
-    #[arg(long, value_name = "K/N")]
+    /// `auto` reads K and N from a Kubernetes Indexed Job (JOB_COMPLETION_INDEX,
+    /// TIDINGS_SHARDS) or a Slurm job array (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT,
+    /// SLURM_ARRAY_TASK_MIN).
+    #[arg(long, value_name = "K/N|auto", value_parser = parse_shard)]
     pub shard: Option<crate::config::Shard>,
     /// Device for the models: cpu, cuda, cuda:N or metal. Overrides runtime.device.
     #[arg(long, value_parser = parse_device)]
@@ -121,6 +148,10 @@ pub struct RunArgs {
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     s.parse()
+}
+
+fn parse_shard(s: &str) -> Result<crate::config::Shard, String> {
+    crate::config::Shard::parse_arg(s, |k| std::env::var(k).ok())
 }
 
 impl RunArgs {
@@ -150,14 +181,43 @@ mod tests {
     #[test]
     fn parses_run_flags() {
         let cli = Cli::try_parse_from([
-            "tidings", "run", "--config", "j.toml", "--input", "-", "--shard", "1/4",
-            "--device", "cuda:1", "--limit", "5", "--errors", "inline",
+            "tidings", "run", "--config", "j.toml", "--input", "-", "--shard", "1/4", "--device",
+            "cuda:1", "--limit", "5", "--errors", "inline",
         ])
         .unwrap();
-        let Command::Run(a) = cli.command else { panic!() };
+        let Command::Run(a) = cli.command else {
+            panic!()
+        };
         assert_eq!(a.shard.unwrap().count, 4);
         assert_eq!(a.device, Some(DeviceSpec::Cuda(1)));
         assert_eq!(a.errors, Some(ErrorsMode::Inline));
         assert!(Cli::try_parse_from(["tidings", "run", "-c", "j", "--shard", "4/4"]).is_err());
+    }
+
+    #[test]
+    fn parses_merge_flags() {
+        let cli = Cli::try_parse_from([
+            "tidings",
+            "merge",
+            "-o",
+            "m.jsonl",
+            "--input",
+            "in.jsonl.gz",
+            "--config",
+            "j.toml",
+            "s0.jsonl",
+            "s1.jsonl",
+        ])
+        .unwrap();
+        let Command::Merge(m) = cli.command else {
+            panic!()
+        };
+        assert_eq!(m.shards.len(), 2);
+        assert!(m.input.is_some() && m.config.is_some());
+        // Shards are required; --config only makes sense with --input.
+        assert!(Cli::try_parse_from(["tidings", "merge", "-o", "m.jsonl"]).is_err());
+        assert!(
+            Cli::try_parse_from(["tidings", "merge", "-o", "m", "-c", "j.toml", "s0"]).is_err()
+        );
     }
 }

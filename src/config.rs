@@ -227,6 +227,115 @@ impl Shard {
     pub fn contains(&self, id: &str) -> bool {
         xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % self.count == self.index
     }
+
+    /// Parses `--shard`: `K/N`, or `auto` to take K and N from the
+    /// environment of an array job (see [`Shard::from_env`]).
+    pub fn parse_arg(
+        s: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> std::result::Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            Shard::from_env(env)
+        } else {
+            s.parse()
+        }
+    }
+
+    /// The shard of this task of an array job, read through `env` (a lookup
+    /// such as `|k| std::env::var(k).ok()`, so tests can pass a map):
+    ///
+    /// - Kubernetes Indexed Job: K = `JOB_COMPLETION_INDEX` (set by
+    ///   Kubernetes), N = `TIDINGS_SHARDS` (set it to the Job's
+    ///   `completions`).
+    /// - Slurm job array: K = (`SLURM_ARRAY_TASK_ID` - `SLURM_ARRAY_TASK_MIN`)
+    ///   / `SLURM_ARRAY_TASK_STEP` (min 0 and step 1 when unset), so
+    ///   `--array=1-8` and `--array=0-14:2` both give shards 0..N;
+    ///   N = `SLURM_ARRAY_TASK_COUNT`.
+    ///
+    /// Kubernetes wins when both are set. A pair set by half, a value that is
+    /// not a number, an index outside `0..N` or no pair at all is an error
+    /// naming the variables.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> std::result::Result<Self, String> {
+        const K8S_INDEX: &str = "JOB_COMPLETION_INDEX";
+        const K8S_COUNT: &str = "TIDINGS_SHARDS";
+        const SLURM_ID: &str = "SLURM_ARRAY_TASK_ID";
+        const SLURM_COUNT: &str = "SLURM_ARRAY_TASK_COUNT";
+        const SLURM_MIN: &str = "SLURM_ARRAY_TASK_MIN";
+        const SLURM_STEP: &str = "SLURM_ARRAY_TASK_STEP";
+        let get = |k: &str| {
+            env(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let num = |k: &str, v: &str| -> std::result::Result<u64, String> {
+            v.parse()
+                .map_err(|_| format!("--shard auto: {k}=`{v}` is not a non-negative integer"))
+        };
+        let checked = |index: u64, count: u64, what: String| {
+            if count == 0 {
+                Err(format!(
+                    "--shard auto: {what}: the shard count must be at least 1"
+                ))
+            } else if index >= count {
+                Err(format!(
+                    "--shard auto: {what}: shard index {index} is not below the shard count {count}"
+                ))
+            } else {
+                Ok(Shard { index, count })
+            }
+        };
+        match (get(K8S_INDEX), get(K8S_COUNT)) {
+            (Some(k), Some(n)) => {
+                let (index, count) = (num(K8S_INDEX, &k)?, num(K8S_COUNT, &n)?);
+                return checked(index, count, format!("{K8S_INDEX}={k}, {K8S_COUNT}={n}"));
+            }
+            (Some(_), None) => {
+                return Err(format!(
+                    "--shard auto: {K8S_INDEX} is set (a Kubernetes Indexed Job) but {K8S_COUNT} \
+                     is not: set {K8S_COUNT} to the Job's `completions`"
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(format!(
+                    "--shard auto: {K8S_COUNT} is set but {K8S_INDEX} is not: \
+                     is this pod part of a Job with `completionMode: Indexed`?"
+                ))
+            }
+            (None, None) => {}
+        }
+        match (get(SLURM_ID), get(SLURM_COUNT)) {
+            (Some(id), Some(n)) => {
+                let task = num(SLURM_ID, &id)?;
+                let count = num(SLURM_COUNT, &n)?;
+                let min = get(SLURM_MIN)
+                    .map(|v| num(SLURM_MIN, &v))
+                    .transpose()?
+                    .unwrap_or(0);
+                let step = get(SLURM_STEP)
+                    .map(|v| num(SLURM_STEP, &v))
+                    .transpose()?
+                    .unwrap_or(1);
+                let what = format!("{SLURM_ID}={id}, {SLURM_MIN}={min}, {SLURM_COUNT}={n}");
+                if task < min || step == 0 || (task - min) % step != 0 {
+                    return Err(format!(
+                        "--shard auto: {what}, {SLURM_STEP}={step}: the task id is not on the \
+                         array's range; submit the array as one range, e.g. --array=0-{}",
+                        count.saturating_sub(1)
+                    ));
+                }
+                checked((task - min) / step, count, what)
+            }
+            (Some(_), None) | (None, Some(_)) => Err(format!(
+                "--shard auto: only one of {SLURM_ID} and {SLURM_COUNT} is set; \
+                 is this a Slurm job array (sbatch --array)?"
+            )),
+            (None, None) => Err(format!(
+                "--shard auto: no array-job environment found: set {K8S_INDEX} and {K8S_COUNT} \
+                 (Kubernetes Indexed Job) or {SLURM_ID} and {SLURM_COUNT} (Slurm job array), \
+                 or give the shard as K/N"
+            )),
+        }
+    }
 }
 
 /// Generation settings after merging defaults, `[generation]` and a model's
@@ -433,11 +542,10 @@ impl Validator<'_> {
             (Some(p), _) => InputPath::File(PathBuf::from(p)),
             (None, Some(p)) if p == "-" => InputPath::Stdin,
             (None, Some(p)) => InputPath::File(base.join(p)),
-            (None, None) => {
-                return Err(self.err("input.path", "no input: set it or pass --input"))
-            }
+            (None, None) => return Err(self.err("input.path", "no input: set it or pass --input")),
         };
-        let default_lang = self.language("input.lang", raw.input.lang.as_deref().unwrap_or("en"))?;
+        let default_lang =
+            self.language("input.lang", raw.input.lang.as_deref().unwrap_or("en"))?;
         let max_bytes = raw.input.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
         if max_bytes == 0 {
             return Err(self.err("input.max-bytes", "must be at least 1"));
@@ -612,7 +720,9 @@ impl Validator<'_> {
         let device = match (ov.device, raw.runtime.device.as_deref()) {
             (Some(d), _) => d,
             (None, None) => DeviceSpec::Cpu,
-            (None, Some(s)) => s.parse().map_err(|m: String| self.err("runtime.device", m))?,
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|m: String| self.err("runtime.device", m))?,
         };
         let threads = ov
             .threads
@@ -753,12 +863,20 @@ threads = 2
 
     #[test]
     fn unknown_language_and_model_are_rejected() {
-        let e = parse(&GOOD.replace("\"fa\"]", "\"xx\"]")).unwrap_err().to_string();
-        assert!(e.contains("translate.targets[1]") && e.contains("xx"), "{e}");
+        let e = parse(&GOOD.replace("\"fa\"]", "\"xx\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("translate.targets[1]") && e.contains("xx"),
+            "{e}"
+        );
         let e = parse(&GOOD.replace("fa = \"q\"", "fa = \"nope\""))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("translate.models.fa") && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("translate.models.fa") && e.contains("nope"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -784,6 +902,121 @@ threads = 2
         for i in 0..100 {
             let id = format!("doc-{i}");
             assert_eq!(shards.iter().filter(|s| s.contains(&id)).count(), 1);
+        }
+    }
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn shard_auto_from_kubernetes_and_slurm() {
+        let k8s = [("JOB_COMPLETION_INDEX", "3"), ("TIDINGS_SHARDS", "8")];
+        assert_eq!(Shard::from_env(env(&k8s)), Ok(Shard { index: 3, count: 8 }));
+        let slurm = [
+            ("SLURM_ARRAY_TASK_ID", "0"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ];
+        assert_eq!(
+            Shard::from_env(env(&slurm)),
+            Ok(Shard { index: 0, count: 4 })
+        );
+        // `--array=1-8`: ids 1..=8 map to shards 0..8.
+        let one_based = [
+            ("SLURM_ARRAY_TASK_ID", "8"),
+            ("SLURM_ARRAY_TASK_COUNT", "8"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_MAX", "8"),
+        ];
+        assert_eq!(
+            Shard::from_env(env(&one_based)),
+            Ok(Shard { index: 7, count: 8 })
+        );
+        // `--array=10-16:2`: ids 10, 12, 14, 16.
+        let stepped = [
+            ("SLURM_ARRAY_TASK_ID", "14"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "10"),
+            ("SLURM_ARRAY_TASK_STEP", "2"),
+        ];
+        assert_eq!(
+            Shard::from_env(env(&stepped)),
+            Ok(Shard { index: 2, count: 4 })
+        );
+        // Kubernetes wins when both are present.
+        let both = [k8s[0], k8s[1], slurm[0], slurm[1]];
+        assert_eq!(Shard::from_env(env(&both)).unwrap().count, 8);
+        // `auto` goes to the environment; K/N does not look at it.
+        assert_eq!(Shard::parse_arg("auto", env(&k8s)).unwrap().index, 3);
+        assert_eq!(
+            Shard::parse_arg("1/2", env(&[])),
+            Ok(Shard { index: 1, count: 2 })
+        );
+    }
+
+    #[test]
+    fn shard_auto_errors_name_the_variables() {
+        // (environment, what the error must say)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                &[],
+                &[
+                    "JOB_COMPLETION_INDEX",
+                    "TIDINGS_SHARDS",
+                    "SLURM_ARRAY_TASK_ID",
+                ],
+            ),
+            (&[("JOB_COMPLETION_INDEX", "2")], &["TIDINGS_SHARDS"]),
+            (&[("TIDINGS_SHARDS", "2")], &["JOB_COMPLETION_INDEX"]),
+            (
+                &[("JOB_COMPLETION_INDEX", "4"), ("TIDINGS_SHARDS", "4")],
+                &["JOB_COMPLETION_INDEX=4", "not below"],
+            ),
+            (
+                &[("JOB_COMPLETION_INDEX", "0"), ("TIDINGS_SHARDS", "0")],
+                &["TIDINGS_SHARDS=0"],
+            ),
+            (
+                &[("JOB_COMPLETION_INDEX", "x"), ("TIDINGS_SHARDS", "4")],
+                &["JOB_COMPLETION_INDEX=`x`"],
+            ),
+            (&[("SLURM_ARRAY_TASK_ID", "1")], &["SLURM_ARRAY_TASK_COUNT"]),
+            (
+                &[
+                    ("SLURM_ARRAY_TASK_ID", "4"),
+                    ("SLURM_ARRAY_TASK_COUNT", "4"),
+                ],
+                &["SLURM_ARRAY_TASK_ID=4", "not below"],
+            ),
+            (
+                // `--array=2-5` has no id 6.
+                &[
+                    ("SLURM_ARRAY_TASK_ID", "6"),
+                    ("SLURM_ARRAY_TASK_COUNT", "4"),
+                    ("SLURM_ARRAY_TASK_MIN", "2"),
+                ],
+                &["not below"],
+            ),
+            (
+                &[
+                    ("SLURM_ARRAY_TASK_ID", "0"),
+                    ("SLURM_ARRAY_TASK_COUNT", "4"),
+                    ("SLURM_ARRAY_TASK_MIN", "1"),
+                ],
+                &["SLURM_ARRAY_TASK_MIN=1", "range"],
+            ),
+        ];
+        for (pairs, needles) in cases {
+            let e = Shard::from_env(env(pairs)).unwrap_err();
+            for n in *needles {
+                assert!(e.contains(n), "{pairs:?}: `{e}` lacks `{n}`");
+            }
         }
     }
 

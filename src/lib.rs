@@ -13,7 +13,8 @@
 //! ```
 //!
 //! [`pipeline`] wires the stages together; [`config`] turns a job file into a
-//! validated [`config::Job`]; [`cli`] is the command line the binary exposes.
+//! validated [`config::Job`]; [`cli`] is the command line the binary exposes;
+//! [`merge`] joins the outputs of a sharded run.
 
 pub mod bench;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod input;
+pub mod merge;
 pub mod models;
 pub mod output;
 pub mod pipeline;

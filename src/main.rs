@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tidings::cli::{BenchArgs, Cli, Command, JobArg, ModelsAction, RunArgs};
+use tidings::cli::{BenchArgs, Cli, Command, JobArg, MergeArgs, ModelsAction, RunArgs};
 use tidings::config::{Job, Overrides};
 use tidings::models::hub::FetchPolicy;
 use tidings::pipeline::{self, RunOptions};
@@ -51,6 +51,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench(args),
         Command::Validate(a) => validate(&a),
         Command::Models { action } => models(action),
+        Command::Merge(args) => merge(args),
     }
 }
 
@@ -66,6 +67,36 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let stats = pipeline::run(&job, &opts)?;
     eprintln!("{}", stats.summary_line());
     Ok(if stats.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `tidings merge`: 0 merged and verified, 1 the same but some records are
+/// failures, 2 duplicates, missing records or a file problem (nothing written).
+fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
+    let check = match &args.input {
+        None => None,
+        Some(input) => {
+            let overrides = Overrides {
+                input: Some(input.to_string_lossy().into_owned()),
+                output: Some("-".into()),
+                ..Default::default()
+            };
+            let job = match &args.config {
+                Some(c) => Job::load(c, &overrides)?,
+                // No config: the default field names.
+                None => Job::parse("", std::path::Path::new("(defaults)"), &overrides)?,
+            };
+            Some(tidings::merge::InputCheck::for_job(&job))
+        }
+    };
+    let report = tidings::merge::merge(&args.output, &args.shards, check.as_ref())?;
+    eprint!("{}", report.text());
+    Ok(if !report.is_clean() {
+        ExitCode::from(2)
+    } else if report.failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -99,7 +130,10 @@ fn validate(a: &JobArg) -> anyhow::Result<ExitCode> {
     }
     if let Some(t) = &job.translate {
         for l in &t.targets {
-            println!("  translate -> {} ({}): model `{}`", l.code, l.name, t.models[l.code]);
+            println!(
+                "  translate -> {} ({}): model `{}`",
+                l.code, l.name, t.models[l.code]
+            );
         }
     }
     let mut missing = 0;
@@ -108,7 +142,10 @@ fn validate(a: &JobArg) -> anyhow::Result<ExitCode> {
             Ok(_) => println!("  model `{}` ({}): available", spec.name, spec.source_text),
             Err(e) => {
                 missing += 1;
-                println!("  model `{}` ({}): not available: {e}", spec.name, spec.source_text)
+                println!(
+                    "  model `{}` ({}): not available: {e}",
+                    spec.name, spec.source_text
+                )
             }
         }
     }
@@ -146,7 +183,11 @@ fn models(action: ModelsAction) -> anyhow::Result<ExitCode> {
                 println!(
                     "{name}\t{}\t{}\t{state}",
                     spec.source_text,
-                    if used.contains(&name.as_str()) { "used" } else { "unused" }
+                    if used.contains(&name.as_str()) {
+                        "used"
+                    } else {
+                        "unused"
+                    }
                 );
             }
         }
@@ -155,7 +196,12 @@ fn models(action: ModelsAction) -> anyhow::Result<ExitCode> {
             let device = job.runtime.device.open()?;
             for spec in job.used_models() {
                 let m = tidings::models::load(spec, FetchPolicy::CacheOnly, &device)?;
-                println!("{} ({}):\n  {}", spec.name, m.id, m.describe().replace('\n', "\n  "));
+                println!(
+                    "{} ({}):\n  {}",
+                    spec.name,
+                    m.id,
+                    m.describe().replace('\n', "\n  ")
+                );
             }
         }
     }

@@ -466,9 +466,7 @@ fn summarize(
                             picked.into_iter().map(|i| sents[i].clone()).collect();
                         a.summary_text = Some(chosen.join(" "));
                         a.summary = Some(chosen);
-                        a.meta
-                            .models
-                            .insert("summary".into(), model.id.clone());
+                        a.meta.models.insert("summary".into(), model.id.clone());
                         a.meta.input_tokens += sents
                             .iter()
                             .map(|s| ex.count_tokens(s).unwrap_or(0))
@@ -501,9 +499,7 @@ fn summarize(
                         a.meta.input_tokens += g.input_tokens;
                         a.meta.output_tokens += g.output_tokens;
                         a.meta.elapsed_ms += ms;
-                        a.meta
-                            .models
-                            .insert("summary".into(), model.id.clone());
+                        a.meta.models.insert("summary".into(), model.id.clone());
                         let sents: Vec<String> = segment::sentences(&g.text)
                             .into_iter()
                             .map(str::to_string)
@@ -555,10 +551,12 @@ fn translate(
         let mut add = |text: &str, slot: Slot| {
             let input = format!("{prefix}{text}");
             let n = units.len();
-            let u = *index.entry((a.lang.code, input.clone())).or_insert_with(|| {
-                units.push((task, input));
-                n
-            });
+            let u = *index
+                .entry((a.lang.code, input.clone()))
+                .or_insert_with(|| {
+                    units.push((task, input));
+                    n
+                });
             mine.push((0, slot, u));
         };
         for f in fields {
@@ -617,7 +615,11 @@ fn translate(
         }
         let mut title = None;
         let mut summary: Vec<String> = Vec::new();
-        let mut text: Vec<Vec<String>> = a.paragraphs.iter().map(|p| vec![String::new(); p.len()]).collect();
+        let mut text: Vec<Vec<String>> = a
+            .paragraphs
+            .iter()
+            .map(|p| vec![String::new(); p.len()])
+            .collect();
         let mut failed = None;
         for (_, slot, u) in mine {
             match &results[u] {
@@ -647,7 +649,11 @@ fn translate(
             continue;
         }
         let fields_out = TranslatedFields {
-            title: if fields.contains(&Field::Title) { title } else { None },
+            title: if fields.contains(&Field::Title) {
+                title
+            } else {
+                None
+            },
             summary: (fields.contains(&Field::Summary) && a.summary.is_some())
                 .then(|| summary.join(" ")),
             text: fields.contains(&Field::Text).then(|| {
@@ -694,7 +700,12 @@ impl Workers {
     fn new(models: &HashMap<String, LoadedModel>, count: usize) -> Self {
         let clones = models
             .iter()
-            .map(|(k, m)| (k.clone(), (0..count).map(|_| Mutex::new(m.clone())).collect()))
+            .map(|(k, m)| {
+                (
+                    k.clone(),
+                    (0..count).map(|_| Mutex::new(m.clone())).collect(),
+                )
+            })
             .collect();
         Workers { count, clones }
     }
@@ -738,7 +749,11 @@ impl Workers {
         }
         results
             .into_iter()
-            .map(|r| r.into_inner().expect("result lock").expect("every unit ran"))
+            .map(|r| {
+                r.into_inner()
+                    .expect("result lock")
+                    .expect("every unit ran")
+            })
             .collect()
     }
 }

@@ -6,7 +6,10 @@ pub mod text;
 /// The NTREX-128 dev articles beside the repository, or the bundled
 /// examples when that folder is absent (a user's clone).
 pub fn articles() -> Vec<serde_json::Value> {
-    let ntrex = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/ntrex/ntrex-dev.jsonl");
+    let ntrex = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/ntrex/ntrex-dev.jsonl"
+    );
     let path = if std::path::Path::new(ntrex).exists() {
         ntrex.to_string()
     } else {

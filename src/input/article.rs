@@ -160,7 +160,10 @@ pub fn parse_line(line: u64, bytes: &[u8], fields: &FieldMap) -> Record {
                 None,
                 FailureKind::WrongType,
                 Some(&fields.id),
-                format!("{}:{line}: field `{}` is an empty string", fields.file, fields.id),
+                format!(
+                    "{}:{line}: field `{}` is an empty string",
+                    fields.file, fields.id
+                ),
             )
         }
         Some(Value::Number(n)) => n.to_string(),
@@ -201,10 +204,7 @@ pub fn parse_line(line: u64, bytes: &[u8], fields: &FieldMap) -> Record {
                 Some(id),
                 FailureKind::MissingField,
                 Some(&fields.text),
-                format!(
-                    "{}:{line}: field `{}` is missing",
-                    fields.file, fields.text
-                ),
+                format!("{}:{line}: field `{}` is missing", fields.file, fields.text),
             )
         }
         Some(Value::String(s)) => s,
@@ -306,9 +306,18 @@ mod tests {
         assert_eq!(kind("[1,2]"), Some(FailureKind::InvalidJson));
         assert_eq!(kind(r#"{"id":"a"}"#), Some(FailureKind::MissingField));
         assert_eq!(kind(r#"{"id":"a","text":3}"#), Some(FailureKind::WrongType));
-        assert_eq!(kind(r#"{"id":[1],"text":"x"}"#), Some(FailureKind::WrongType));
-        assert_eq!(kind(r#"{"id":"a","title":{},"text":"x"}"#), Some(FailureKind::WrongType));
-        assert_eq!(kind(r#"{"id":"a","text":"  "}"#), Some(FailureKind::EmptyText));
+        assert_eq!(
+            kind(r#"{"id":[1],"text":"x"}"#),
+            Some(FailureKind::WrongType)
+        );
+        assert_eq!(
+            kind(r#"{"id":"a","title":{},"text":"x"}"#),
+            Some(FailureKind::WrongType)
+        );
+        assert_eq!(
+            kind(r#"{"id":"a","text":"  "}"#),
+            Some(FailureKind::EmptyText)
+        );
         let long = format!(r#"{{"id":"a","text":"{}"}}"#, "x".repeat(101));
         assert_eq!(kind(&long), Some(FailureKind::TooLong));
         let bad = parse_line(9, b"{\"text\":\"\xff\"}", &fields());

@@ -73,14 +73,14 @@ impl LineReader {
         let mut buf = Vec::new();
         while !self.done {
             buf.clear();
-            let n = self
-                .inner
-                .read_until(b'\n', &mut buf)
-                .map_err(|source| Error::InputStream {
-                    path: self.name.clone(),
-                    line: self.line,
-                    source,
-                })?;
+            let n =
+                self.inner
+                    .read_until(b'\n', &mut buf)
+                    .map_err(|source| Error::InputStream {
+                        path: self.name.clone(),
+                        line: self.line,
+                        source,
+                    })?;
             if n == 0 {
                 self.done = true;
                 break;
@@ -205,7 +205,10 @@ mod tests {
             }
         };
         let msg = err.to_string();
-        assert!(msg.contains("cut.jsonl.gz") && msg.contains("after line"), "{msg}");
+        assert!(
+            msg.contains("cut.jsonl.gz") && msg.contains("after line"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -52,7 +52,8 @@ impl LoadedModel {
 /// Files a family needs besides the primary one, fetched by
 /// `tidings models fetch` (GGUF: the optional tokenizer.json).
 fn is_gguf(path: &std::path::Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Resolves a model's files (fetching them when `policy` allows) without

@@ -167,7 +167,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("o.jsonl");
         let err = dir.path().join("o.errors.jsonl");
-        std::fs::write(&out, "{\"id\":\"a\",\"meta\":{}}\n{\"id\":\"b\"}\n{\"id\":\"c\",\"ti").unwrap();
+        std::fs::write(
+            &out,
+            "{\"id\":\"a\",\"meta\":{}}\n{\"id\":\"b\"}\n{\"id\":\"c\",\"ti",
+        )
+        .unwrap();
         std::fs::write(&err, "{\"line\":4,\"id\":null,\"kind\":\"invalid_json\"}\n").unwrap();
         let mut idx = ResumeIndex::load(Some(&out), &err).unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 2);

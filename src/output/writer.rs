@@ -27,10 +27,7 @@ pub enum Finished {
 
 enum Sink {
     Stdout(BufWriter<io::Stdout>),
-    File {
-        path: PathBuf,
-        w: BufWriter<File>,
-    },
+    File { path: PathBuf, w: BufWriter<File> },
 }
 
 impl Sink {

@@ -152,7 +152,8 @@ mod tests {
     #[test]
     fn detects_english_spanish_persian() {
         let en = "The government said on Tuesday that the new budget would be published next week.";
-        let es = "El gobierno dijo el martes que el nuevo presupuesto se publicará la próxima semana.";
+        let es =
+            "El gobierno dijo el martes que el nuevo presupuesto se publicará la próxima semana.";
         let fa = "دولت روز سه‌شنبه اعلام کرد که بودجه جدید هفته آینده منتشر خواهد شد.";
         assert_eq!(detect(en).unwrap().code, "en");
         assert_eq!(detect(es).unwrap().code, "es");

@@ -40,7 +40,10 @@ fn stderr(o: &Output) -> String {
 
 fn lines(p: &Path) -> Vec<serde_json::Value> {
     match std::fs::read_to_string(p) {
-        Ok(s) => s.lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
+        Ok(s) => s
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -123,7 +126,10 @@ fn gzip_and_zstd_inputs_and_a_truncated_gzip() {
     let o = run(&job(dir.path(), "cut.jsonl.gz", ""), &[]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    assert!(err.contains("cut.jsonl.gz") && err.contains("after line"), "{err}");
+    assert!(
+        err.contains("cut.jsonl.gz") && err.contains("after line"),
+        "{err}"
+    );
     // What was read before the break is kept, and --resume does not redo it.
     let kept = lines(&dir.path().join("out/o.jsonl")).len();
     assert!(kept > 0 && kept < 300, "{kept}");
@@ -148,10 +154,16 @@ fn job_level_errors_exit_2_with_a_message_naming_the_culprit() {
         let o = run(&job(dir.path(), "in.jsonl", extra), &[]);
         assert_eq!(o.status.code(), Some(2), "{extra}");
         let err = stderr(&o);
-        assert!(err.contains(needle) && err.contains("job.toml") || err.contains(needle), "{err}");
+        assert!(
+            err.contains(needle) && err.contains("job.toml") || err.contains(needle),
+            "{err}"
+        );
     }
     // Unknown key: the message names the key and the file.
-    let o = run(&job(dir.path(), "in.jsonl", "[runtime]\nthreadz = 2\n"), &[]);
+    let o = run(
+        &job(dir.path(), "in.jsonl", "[runtime]\nthreadz = 2\n"),
+        &[],
+    );
     let err = stderr(&o);
     assert!(err.contains("threadz") && err.contains("job.toml"), "{err}");
     // Input that does not exist.
@@ -162,7 +174,10 @@ fn job_level_errors_exit_2_with_a_message_naming_the_culprit() {
     std::fs::write(dir.path().join("blocker"), "").unwrap();
     let o = run(
         &job(dir.path(), "in.jsonl", ""),
-        &["--output", dir.path().join("blocker/o.jsonl").to_str().unwrap()],
+        &[
+            "--output",
+            dir.path().join("blocker/o.jsonl").to_str().unwrap(),
+        ],
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("blocker"), "{}", stderr(&o));
@@ -173,7 +188,17 @@ fn stdin_to_stdout_streaming_and_inline_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = job(dir.path(), "-", "");
     let mut child = bin()
-        .args(["run", "--no-progress", "--input", "-", "--output", "-", "--errors", "inline", "--config"])
+        .args([
+            "run",
+            "--no-progress",
+            "--input",
+            "-",
+            "--output",
+            "-",
+            "--errors",
+            "inline",
+            "--config",
+        ])
         .arg(&cfg)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -184,7 +209,12 @@ fn stdin_to_stdout_streaming_and_inline_errors() {
     input.push_str(&article(1));
     input.push_str("not json\n");
     input.push_str(&article(2));
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let out: Vec<serde_json::Value> = String::from_utf8(o.stdout)
@@ -213,10 +243,19 @@ fn shards_are_disjoint_and_complete() {
             let out = dir.path().join(format!("s{k}of{n}.jsonl"));
             let o = run(
                 &cfg,
-                &["--shard", &format!("{k}/{n}"), "--output", out.to_str().unwrap()],
+                &[
+                    "--shard",
+                    &format!("{k}/{n}"),
+                    "--output",
+                    out.to_str().unwrap(),
+                ],
             );
             assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-            all.extend(lines(&out).into_iter().map(|r| r["id"].as_str().unwrap().to_string()));
+            all.extend(
+                lines(&out)
+                    .into_iter()
+                    .map(|r| r["id"].as_str().unwrap().to_string()),
+            );
         }
         let set: BTreeSet<_> = all.iter().cloned().collect();
         assert_eq!(all.len(), 200, "n={n}: every record exactly once");
@@ -243,7 +282,10 @@ fn limit_then_resume_carries_on() {
     let o = run(&cfg, &["--resume"]);
     assert_eq!(o.status.code(), Some(1));
     let out = lines(&dir.path().join("out/o.jsonl"));
-    let ids: Vec<String> = out.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = out
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
     let want: Vec<String> = (0..50).map(|i| format!("a{i}")).collect();
     assert_eq!(ids, want, "complete, in input order, no duplicates");
     assert_eq!(lines(&dir.path().join("out/o.errors.jsonl")).len(), 1);
@@ -288,7 +330,10 @@ fn sigkill_at_any_point_then_resume_loses_and_doubles_nothing() {
     }
     let o = run(&cfg, &["--resume"]);
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
-    assert!(kills > 0, "the run finished before any kill; make the input larger");
+    assert!(
+        kills > 0,
+        "the run finished before any kill; make the input larger"
+    );
     let out = lines(&dir.path().join("out/o.jsonl"));
     let errs = lines(&dir.path().join("out/o.errors.jsonl"));
     let mut seen: BTreeMap<u64, usize> = BTreeMap::new();

@@ -26,9 +26,14 @@ fn demo_config_matches_the_readme() {
     let t = job.translate.unwrap();
     let codes: Vec<_> = t.targets.iter().map(|l| l.code).collect();
     assert_eq!(codes, ["es", "fa"]);
-    assert!(job.input.path
-        == tidings::config::InputPath::File(
-            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/../examples/articles.jsonl"))
+    assert!(
+        job.input.path
+            == tidings::config::InputPath::File(
+                std::path::Path::new(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/configs/../examples/articles.jsonl"
+                ))
                 .to_path_buf()
-        ));
+            )
+    );
 }

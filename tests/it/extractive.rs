@@ -2,8 +2,7 @@
 //! batching, truncation, errors), and the real all-MiniLM-L6-v2 checked against reference
 //! embeddings from sentence-transformers (`scripts/reference_minilm.py`) and run on NTREX.
 
-#[path = "../common/tiny_bert.rs"]
-mod tiny_bert;
+use crate::common::tiny_bert;
 
 use std::path::{Path, PathBuf};
 

@@ -1,10 +1,13 @@
 //! The one integration-test binary: each module tests one capability end to end.
-mod extractive;
-mod cli;
-mod hub;
-mod configs;
 mod causal;
+mod cli;
+#[allow(dead_code)]
 #[path = "../common/mod.rs"]
 mod common;
-mod real_pipeline;
+mod configs;
+mod extractive;
+mod hub;
+mod merge;
+mod pipe;
 mod pipeline;
+mod real_pipeline;

@@ -5,12 +5,7 @@
 //! ids, summaries drawn from the article, same-language copies, metadata,
 //! worker layouts, and exactly-once delivery across a crash.
 
-#[allow(dead_code)]
-#[path = "../common/tiny_bert.rs"]
-mod tiny_bert;
-#[allow(dead_code)]
-#[path = "../common/tiny_gguf.rs"]
-mod tiny_gguf;
+use crate::common::{tiny_bert, tiny_gguf};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,12 +61,19 @@ impl Fixture {
 
 fn read_jsonl(p: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(p)
-        .map(|s| s.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+        .map(|s| {
+            s.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn examples() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/articles.jsonl"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/articles.jsonl"
+    ))
 }
 
 fn run(cfg: &Path, args: &[&str]) -> Output {
@@ -119,16 +121,30 @@ fn extractive_summary_and_translations_keep_order_ids_and_copies() {
     assert_ne!(es["translations"]["fa"]["title"], es["title"]);
     // Boilerplate was cleaned away before summarizing and translating.
     let text_es = out[0]["translations"]["es"]["text"].as_str().unwrap();
-    assert_eq!(text_es.split("\n\n").count(), 4, "paragraphs kept: {text_es}");
+    assert_eq!(
+        text_es.split("\n\n").count(),
+        4,
+        "paragraphs kept: {text_es}"
+    );
     assert!(!out[0]["summary"].as_str().unwrap().contains("Share 1.2K"));
-    assert!(out.iter().map(|o| o["meta"]["output_tokens"].as_u64().unwrap()).sum::<u64>() > 0);
+    assert!(
+        out.iter()
+            .map(|o| o["meta"]["output_tokens"].as_u64().unwrap())
+            .sum::<u64>()
+            > 0
+    );
 }
 
 #[test]
 fn abstractive_summary_with_a_causal_model() {
     let fx = Fixture::new();
     let o = run(&fx.job(&examples(), "abstractive", ""), &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let out = fx.output();
     assert_eq!(out.len(), 5);
     for o in &out {
@@ -153,7 +169,12 @@ fn two_workers_write_what_one_worker_writes() {
     };
     let one = strip(fx.output());
     let o = run(&cfg, &["--threads", "2", "--workers", "2"]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(strip(fx.output()), one);
 }
 
@@ -196,11 +217,18 @@ fn sigkill_during_model_work_then_resume_delivers_each_record_once() {
         child.wait().unwrap();
     }
     let o = run(&cfg, &["--resume"]);
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(kills > 0, "finished before any kill");
     let mut count: BTreeMap<String, usize> = BTreeMap::new();
     for r in fx.output() {
-        *count.entry(r["id"].as_str().unwrap().to_string()).or_default() += 1;
+        *count
+            .entry(r["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     for e in read_jsonl(&fx.path("out/o.errors.jsonl")) {
         *count.entry(format!("line{}", e["line"])).or_default() += 1;

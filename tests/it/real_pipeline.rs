@@ -41,7 +41,13 @@ fn cached(models: &[&str]) -> bool {
     true
 }
 
-fn run_job(dir: &Path, input: &Path, translator: &str, extra: &str, limit: u32) -> Vec<serde_json::Value> {
+fn run_job(
+    dir: &Path,
+    input: &Path,
+    translator: &str,
+    extra: &str,
+    limit: u32,
+) -> Vec<serde_json::Value> {
     let cfg = dir.join("job.toml");
     std::fs::write(
         &cfg,
@@ -57,7 +63,13 @@ fn run_job(dir: &Path, input: &Path, translator: &str, extra: &str, limit: u32) 
     )
     .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(["run", "--no-progress", "--limit", &limit.to_string(), "--config"])
+        .args([
+            "run",
+            "--no-progress",
+            "--limit",
+            &limit.to_string(),
+            "--config",
+        ])
         .arg(&cfg)
         .output()
         .unwrap();
@@ -83,7 +95,9 @@ fn arabic_script_share(s: &str) -> f64 {
     let letters: Vec<char> = s.chars().filter(|c| c.is_alphabetic()).collect();
     let arabic = letters
         .iter()
-        .filter(|c| ('\u{0600}'..='\u{06FF}').contains(*c) || ('\u{FB50}'..='\u{FEFF}').contains(*c))
+        .filter(|c| {
+            ('\u{0600}'..='\u{06FF}').contains(*c) || ('\u{FB50}'..='\u{FEFF}').contains(*c)
+        })
         .count();
     arabic as f64 / letters.len().max(1) as f64
 }
@@ -97,7 +111,10 @@ fn check_structure(input: &[serde_json::Value], out: &[serde_json::Value]) {
         assert_eq!(o["lang"], "en");
         let text = i["text"].as_str().unwrap();
         let summary = o["summary"].as_str().unwrap();
-        assert!(summary.len() < text.len(), "summary shorter than the article");
+        assert!(
+            summary.len() < text.len(),
+            "summary shorter than the article"
+        );
         let mut from = 0;
         let sentences: Vec<&str> = i["sentences"].as_array().unwrap()[1..]
             .iter()
@@ -109,7 +126,10 @@ fn check_structure(input: &[serde_json::Value], out: &[serde_json::Value]) {
             .filter(|(_, s)| summary.contains(*s))
             .map(|(k, _)| k)
             .collect();
-        assert!(!picked.is_empty(), "summary made of article sentences: {summary}");
+        assert!(
+            !picked.is_empty(),
+            "summary made of article sentences: {summary}"
+        );
         for k in picked {
             let pos = summary.find(sentences[k]).unwrap();
             assert!(pos >= from, "sentences in story order");
@@ -128,19 +148,33 @@ fn qwen_half_b_translates_ntrex_into_spanish_and_persian() {
     }
     let dir = tempfile::tempdir().unwrap();
     let n = 3;
-    let out = run_job(dir.path(), &data, "qwen2.5-coder-0.5b-instruct", "", n as u32);
+    let out = run_job(
+        dir.path(),
+        &data,
+        "qwen2.5-coder-0.5b-instruct",
+        "",
+        n as u32,
+    );
     let input = inputs(&data, n);
     check_structure(&input, &out);
     for o in &out {
         let es = &o["translations"]["es"];
-        let es_text = format!("{} {}", es["title"].as_str().unwrap(), es["summary"].as_str().unwrap());
+        let es_text = format!(
+            "{} {}",
+            es["title"].as_str().unwrap(),
+            es["summary"].as_str().unwrap()
+        );
         assert_eq!(
             langid::detect(&es_text).map(|l| l.code),
             Some("es"),
             "Spanish output detected as Spanish: {es_text}"
         );
         let fa = &o["translations"]["fa"];
-        let fa_text = format!("{} {}", fa["title"].as_str().unwrap(), fa["summary"].as_str().unwrap());
+        let fa_text = format!(
+            "{} {}",
+            fa["title"].as_str().unwrap(),
+            fa["summary"].as_str().unwrap()
+        );
         assert!(
             arabic_script_share(&fa_text) > 0.8,
             "Persian output in Persian script: {fa_text}"
