@@ -808,7 +808,10 @@ fn causal_speed_report() -> Result<()> {
         let mut plain = model.clone();
         plain.set_prefix_reuse(false);
         let mut results = Vec::new();
-        for (label, m) in [("prefix reuse", &mut model), ("whole prompt", &mut plain)] {
+        for (label, m) in [
+            ("prefix reuse on", &mut model),
+            ("prefix reuse off", &mut plain),
+        ] {
             m.generate(task, NTREX_EN[2], &o)?; // warm-up (and priming)
             let start = Instant::now();
             let outs: Vec<Generation> = NTREX_EN
