@@ -136,12 +136,7 @@ pub fn run(job: &Job, articles: Option<u64>) -> Result<BenchReport> {
         }
     }
     let load = stats.stages.get("load").map_or(0.0, |d| d.as_secs_f64());
-    let model_s: f64 = stats
-        .stages
-        .iter()
-        .filter(|(k, _)| k.as_str() == "summary" || k.starts_with("translate"))
-        .map(|(_, d)| d.as_secs_f64())
-        .sum();
+    let model_s = stats.model_seconds();
     let elapsed = stats.elapsed.as_secs_f64();
     Ok(BenchReport {
         config: job.config_path.display().to_string(),

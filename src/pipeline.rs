@@ -71,15 +71,19 @@ impl RunStats {
         *self.stages.entry(name.to_string()).or_default() += d;
     }
 
-    /// The one-line summary printed at the end of every run.
-    pub fn summary_line(&self) -> String {
-        let secs = self.elapsed.as_secs_f64().max(1e-9);
-        let model_secs: f64 = self
-            .stages
+    /// Seconds spent in model stages (summary and translations).
+    pub fn model_seconds(&self) -> f64 {
+        self.stages
             .iter()
             .filter(|(k, _)| k.as_str() == "summary" || k.starts_with("translate"))
             .map(|(_, d)| d.as_secs_f64())
-            .sum();
+            .sum()
+    }
+
+    /// The one-line summary printed at the end of every run.
+    pub fn summary_line(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let model_secs = self.model_seconds();
         format!(
             "tidings: {} ok, {} errors{}, {:.1}s, {:.2} articles/min, {:.1} generated tokens/s",
             self.ok,
