@@ -342,7 +342,10 @@ fn real_minilm_matches_sentence_transformers() -> Result<()> {
 
 /// NTREX-128 dev articles (`sentences[0]` is the headline); `None` with a note when absent.
 fn ntrex_articles() -> Result<Option<Vec<Vec<String>>>> {
-    let path = Path::new("/work/shared/data/ntrex/ntrex-dev.jsonl");
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/ntrex/ntrex-dev.jsonl"
+    ));
     if !path.is_file() {
         if in_ci() {
             bail!("{} is missing", path.display());
