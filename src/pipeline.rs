@@ -253,7 +253,14 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<RunStats> {
         if records.is_empty() {
             break;
         }
-        let finished = process_window(job, &models, &mut workers, records, &mut stats)?;
+        let finished = process_window(
+            job,
+            &models,
+            &mut workers,
+            records,
+            &fields.file,
+            &mut stats,
+        )?;
         let t = Instant::now();
         writer.write_window(&finished)?;
         stats.add_stage("write", t.elapsed());
@@ -361,11 +368,12 @@ fn process_window(
     models: &HashMap<String, LoadedModel>,
     workers: &mut Workers,
     records: Vec<Record>,
+    file: &str,
     stats: &mut RunStats,
 ) -> Result<Vec<Finished>> {
     let t = Instant::now();
     // Clean, segment and detect language in parallel, keeping input order.
-    let slots: Vec<std::result::Result<Prepared, RecordFailure>> = records
+    let mut slots: Vec<std::result::Result<Prepared, RecordFailure>> = records
         .into_par_iter()
         .map(|r| match r {
             Record::Ok(a) => prepare(job, a),
@@ -374,11 +382,7 @@ fn process_window(
         .collect();
     let prep_time = t.elapsed();
     stats.add_stage("prepare", prep_time);
-    let mut arts: Vec<&mut Prepared> = Vec::new();
-    let mut slots = slots;
-    for s in slots.iter_mut().flatten() {
-        arts.push(s);
-    }
+    let mut arts: Vec<&mut Prepared> = slots.iter_mut().flatten().collect();
     if !arts.is_empty() {
         let share = prep_time.as_millis() as u64 / arts.len() as u64;
         for a in arts.iter_mut() {
@@ -401,22 +405,18 @@ fn process_window(
         }
     }
 
-    let file = match &job.input.path {
-        crate::config::InputPath::Stdin => "-".to_string(),
-        crate::config::InputPath::File(p) => p.display().to_string(),
-    };
     Ok(slots
         .into_iter()
         .map(|s| match s {
             Err(mut f) => {
                 if f.file.is_empty() {
-                    f.file = file.clone();
+                    f.file = file.to_string();
                 }
                 Finished::Failed(f)
             }
             Ok(p) => {
                 if let Some(mut f) = p.failure {
-                    f.file = file.clone();
+                    f.file = file.to_string();
                     return Finished::Failed(f);
                 }
                 Finished::Ok(Box::new(OutputRecord {
@@ -541,7 +541,7 @@ fn translate(
     // translated once.
     let mut index: HashMap<(&'static str, String), usize> = HashMap::new();
     let mut units: Vec<(Task, String)> = Vec::new();
-    let mut uses: Vec<Vec<(usize, Slot, usize)>> = Vec::new(); // per article: (slot, unit)
+    let mut uses: Vec<Vec<(Slot, usize)>> = Vec::new(); // per article: (slot, unit)
     for a in arts.iter() {
         let mut mine = Vec::new();
         if a.failure.is_some() || a.lang == lang {
@@ -561,7 +561,7 @@ fn translate(
                     units.push((task, input));
                     n
                 });
-            mine.push((0, slot, u));
+            mine.push((slot, u));
         };
         for f in fields {
             match f {
@@ -625,7 +625,7 @@ fn translate(
             .map(|p| vec![String::new(); p.len()])
             .collect();
         let mut failed = None;
-        for (_, slot, u) in mine {
+        for (slot, u) in mine {
             match &results[u] {
                 Ok((g, ms)) => {
                     if !counted[u] {

@@ -87,7 +87,6 @@ pub struct Writer {
     errors: Option<Sink>,
     errors_path: PathBuf,
     mode: ErrorsMode,
-    append: bool,
     /// Records written to the output so far.
     pub written_ok: u64,
     /// Failed records written so far (errors file or inline).
@@ -118,7 +117,6 @@ impl Writer {
             errors: None,
             errors_path: errors_path.to_path_buf(),
             mode,
-            append,
             written_ok: 0,
             written_failed: 0,
         })
@@ -161,10 +159,5 @@ impl Writer {
             self.errors.as_mut().expect("opened").commit()?;
         }
         self.out.commit()
-    }
-
-    /// Whether existing files are continued rather than replaced.
-    pub fn appending(&self) -> bool {
-        self.append
     }
 }

@@ -10,6 +10,7 @@
 //! fetched into the project cache. A model that cannot be had skips its test
 //! with a note, except under `CI=true` where that is a failure.
 
+use crate::common::in_ci;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,10 +23,6 @@ use tidings::generate::decode::argmax;
 use tidings::models::causal::{CausalModel, Family, LoadOptions};
 use tidings::models::{GenOptions, Generation, Task};
 use tidings::text::langid::{detect, lookup};
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
 
 fn translate(from: &str, to: &str) -> Task {
     Task::Translate {

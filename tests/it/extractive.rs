@@ -2,6 +2,7 @@
 //! batching, truncation, errors), and the real all-MiniLM-L6-v2 checked against reference
 //! embeddings from sentence-transformers (`scripts/reference_minilm.py`) and run on NTREX.
 
+use crate::common::in_ci;
 use crate::common::tiny_bert;
 
 use std::path::{Path, PathBuf};
@@ -28,10 +29,6 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 const SHORT: &str = "The cat sleeps.";

@@ -4,6 +4,7 @@
 //! twice or left out fails the merge. Models are off (no `[summary]`, no
 //! `[translate]`), so these tests are fast.
 
+use crate::common::ntrex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -30,10 +31,6 @@ fn bin(env: &[(&str, String)]) -> Command {
         c.env(k, v);
     }
     c
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 /// A job with no models, reading `input`.
@@ -297,19 +294,6 @@ fn shard_auto_without_an_array_environment_names_the_variables() {
         stderr(&o)
     );
     assert!(!out.exists());
-}
-
-fn ntrex() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/ntrex/ntrex-dev.jsonl"
-    ));
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(!in_ci(), "{} is missing under CI", p.display());
-    eprintln!("skipped: {} not found", p.display());
-    None
 }
 
 #[test]

@@ -4,28 +4,12 @@
 //! from `../shared/data/ntrex/`. Where either is missing the tests say so
 //! and pass, except under `CI=true`, where they fail.
 
-use std::path::{Path, PathBuf};
+use crate::common::{in_ci, ntrex};
+use std::path::Path;
 use std::process::Command;
 
 use tidings::models::packages;
 use tidings::text::langid;
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn ntrex() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/ntrex/ntrex-dev.jsonl"
-    ));
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(!in_ci(), "{} is missing under CI", p.display());
-    eprintln!("skipped: {} not found", p.display());
-    None
-}
 
 fn cached(models: &[&str]) -> bool {
     for m in models {
