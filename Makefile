@@ -50,3 +50,11 @@ lint:
 
 clean:
 	rm -rf out
+
+# Throughput next to CTranslate2 and transformers on the same Marian network
+# (benches/peers/run.sh: 2 threads, 500 NTREX sentences, on a quiet machine).
+# Installs the peers into ${TIDINGS_CACHE:-~/.cache/tidings}/peers-venv
+# (about 3.5 GB with torch). `make peers QUICK=1` for 50 sentences.
+.PHONY: peers
+peers: build
+	benches/peers/run.sh $(if $(QUICK),--quick)

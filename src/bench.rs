@@ -1,8 +1,14 @@
 //! `tidings bench`: runs a job on (a slice of) its input and reports what a
-//! user needs to size a run on their hardware: wall time per stage,
-//! articles/min, generated tokens/s, peak RSS, and the raw single-sequence
-//! speed of each causal model measured in the same process, so the
-//! pipeline's overhead shows as a ratio.
+//! user needs to size a run on their hardware: per stage the wall time,
+//! articles/s, source and generated tokens/s and batch fill (real / padded
+//! source tokens of the encoder batches); articles/min and peak RSS of the
+//! run; the raw single-sequence speed of each causal model measured in the
+//! same process, so the pipeline's overhead shows as a ratio; and, when the
+//! input carries references (NTREX layout: `references.LANG`, a list of
+//! reference sentences) and the job translates `text`, corpus chrF2 per
+//! language ([`crate::chrf`]) with each article's whole translated text as
+//! one segment against its joined references (the same n-gram counts as
+//! sentence segments, save the few n-grams that span a sentence boundary).
 //!
 //! Output goes to a temporary folder; the job's own output is not touched.
 
@@ -54,6 +60,10 @@ pub struct BenchReport {
     pub output_tokens: u64,
     /// Seconds per stage.
     pub stages_s: BTreeMap<String, f64>,
+    /// Throughput of each model stage.
+    pub model_stages: Vec<StageReport>,
+    /// Corpus chrF2 per target language (when references are present).
+    pub chrf: BTreeMap<String, ChrfReport>,
     /// Peak resident set size of the process, in MiB.
     pub peak_rss_mib: f64,
     /// Raw single-sequence speed of each causal model.
@@ -62,6 +72,38 @@ pub struct BenchReport {
     pub threads: usize,
     /// Model workers.
     pub workers: usize,
+}
+
+/// Throughput of one model stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    /// `summary` or `translate:LANG`.
+    pub stage: String,
+    /// Wall seconds.
+    pub seconds: f64,
+    /// Articles through the stage.
+    pub articles: u64,
+    /// Articles per second.
+    pub articles_per_s: f64,
+    /// Source tokens fed (each distinct segment once).
+    pub input_tokens: u64,
+    /// Source tokens per second.
+    pub input_tokens_per_s: f64,
+    /// Tokens generated.
+    pub output_tokens: u64,
+    /// Generated tokens per second.
+    pub output_tokens_per_s: f64,
+    /// Real / padded source tokens of the encoder batches (None: not batched).
+    pub batch_fill: Option<f64>,
+}
+
+/// chrF of one language.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChrfReport {
+    /// Corpus chrF2, 0 to 100.
+    pub chrf: f64,
+    /// Articles scored.
+    pub articles: usize,
 }
 
 /// Peak resident set size of this process in bytes (Linux: `ru_maxrss`).
@@ -123,6 +165,10 @@ pub fn run(job: &Job, articles: Option<u64>) -> Result<BenchReport> {
         ..Default::default()
     };
     let stats = pipeline::run(&job, &opts);
+    let chrf = match &stats {
+        Ok(_) => score_chrf(&job, &out),
+        Err(_) => BTreeMap::new(),
+    };
     let _ = std::fs::remove_dir_all(&tmp);
     let stats = stats?;
 
@@ -152,11 +198,109 @@ pub fn run(job: &Job, articles: Option<u64>) -> Result<BenchReport> {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_secs_f64()))
             .collect(),
+        model_stages: stats
+            .work
+            .iter()
+            .map(|(name, w)| {
+                let secs = stats
+                    .stages
+                    .get(name)
+                    .map_or(0.0, |d| d.as_secs_f64())
+                    .max(1e-9);
+                StageReport {
+                    stage: name.clone(),
+                    seconds: secs,
+                    articles: w.articles,
+                    articles_per_s: w.articles as f64 / secs,
+                    input_tokens: w.input_tokens,
+                    input_tokens_per_s: w.input_tokens as f64 / secs,
+                    output_tokens: w.output_tokens,
+                    output_tokens_per_s: w.output_tokens as f64 / secs,
+                    batch_fill: (w.batch_padded_tokens > 0)
+                        .then(|| w.batch_real_tokens as f64 / w.batch_padded_tokens as f64),
+                }
+            })
+            .collect(),
+        chrf,
         peak_rss_mib: peak_rss_bytes() as f64 / (1024.0 * 1024.0),
         raw,
         threads: job.runtime.threads,
         workers: job.runtime.workers,
     })
+}
+
+/// Corpus chrF per language of the bench output against the input's
+/// references; empty when the input has none or `text` was not translated.
+fn score_chrf(job: &Job, out: &std::path::Path) -> BTreeMap<String, ChrfReport> {
+    use std::collections::HashMap;
+    let mut result = BTreeMap::new();
+    if !matches!(job.input.path, crate::config::InputPath::File(_)) {
+        return result;
+    }
+    let Ok(output) = std::fs::read_to_string(out) else {
+        return result;
+    };
+    // id -> translated text per language, from the output.
+    let mut hyps: HashMap<String, serde_json::Value> = HashMap::new();
+    for line in output.lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            if let Some(id) = v.get("id").and_then(|i| i.as_str()) {
+                hyps.insert(id.to_string(), v["translations"].clone());
+            }
+        }
+    }
+    let Ok(mut reader) = crate::input::reader::LineReader::open(&job.input.path) else {
+        return result;
+    };
+    let mut scores: BTreeMap<String, (crate::chrf::ChrF, usize)> = BTreeMap::new();
+    let id_field = &job.input.id_field;
+    while let Ok(Some(line)) = reader.next_line() {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line.bytes) else {
+            continue;
+        };
+        let id = match v.get(id_field.as_str()) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => line.line.to_string(),
+        };
+        let (Some(refs), Some(tr)) = (
+            v.get("references").and_then(|r| r.as_object()),
+            hyps.get(&id),
+        ) else {
+            continue;
+        };
+        for (lang, r) in refs {
+            let Some(hyp) = tr
+                .get(lang)
+                .and_then(|t| t.get("text"))
+                .and_then(|t| t.as_str())
+            else {
+                continue;
+            };
+            let reference = match r {
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                serde_json::Value::String(s) => s.clone(),
+                _ => continue,
+            };
+            let e = scores.entry(lang.clone()).or_default();
+            e.0.add(hyp, &reference);
+            e.1 += 1;
+        }
+    }
+    for (lang, (c, n)) in scores {
+        result.insert(
+            lang,
+            ChrfReport {
+                chrf: c.score(),
+                articles: n,
+            },
+        );
+    }
+    result
 }
 
 impl BenchReport {
@@ -181,6 +325,31 @@ impl BenchReport {
         s.push_str("stage               seconds\n");
         for (k, v) in &self.stages_s {
             s.push_str(&format!("  {k:<18}{v:.2}\n"));
+        }
+        if !self.model_stages.is_empty() {
+            s.push_str(&format!(
+                "{:<14}{:>9}{:>11}{:>12}{:>12}{:>11}\n",
+                "model stage", "seconds", "articles/s", "src tok/s", "gen tok/s", "fill"
+            ));
+            for m in &self.model_stages {
+                s.push_str(&format!(
+                    "  {:<12}{:>9.2}{:>11.3}{:>12.1}{:>12.1}{:>11}\n",
+                    m.stage,
+                    m.seconds,
+                    m.articles_per_s,
+                    m.input_tokens_per_s,
+                    m.output_tokens_per_s,
+                    m.batch_fill
+                        .map(|f| format!("{:.1}%", f * 100.0))
+                        .unwrap_or_else(|| "-".into())
+                ));
+            }
+        }
+        for (lang, c) in &self.chrf {
+            s.push_str(&format!(
+                "chrF2 {lang}: {:.1} ({} articles, whole text per article)\n",
+                c.chrf, c.articles
+            ));
         }
         for r in &self.raw {
             s.push_str(&format!(

@@ -17,6 +17,7 @@
 //! [`merge`] joins the outputs of a sharded run.
 
 pub mod bench;
+pub mod chrf;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -64,11 +64,37 @@ pub struct RunStats {
     pub output_tokens: u64,
     /// Wall time per stage (`load`, `prepare`, `summary`, `translate:es`, `write`).
     pub stages: BTreeMap<String, Duration>,
+    /// What the model stages (`summary`, `translate:es`, ...) processed.
+    pub work: BTreeMap<String, StageWork>,
+}
+
+/// Work done by one model stage over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageWork {
+    /// Articles that went through the stage.
+    pub articles: u64,
+    /// Source tokens fed to the model (each distinct segment once).
+    pub input_tokens: u64,
+    /// Tokens generated.
+    pub output_tokens: u64,
+    /// Source tokens in batched encoder passes (encoder-decoder models).
+    pub batch_real_tokens: u64,
+    /// Padded source positions of those passes (`rows * longest row`).
+    pub batch_padded_tokens: u64,
 }
 
 impl RunStats {
     fn add_stage(&mut self, name: &str, d: Duration) {
         *self.stages.entry(name.to_string()).or_default() += d;
+    }
+
+    fn add_work(&mut self, name: &str, w: StageWork) {
+        let e = self.work.entry(name.to_string()).or_default();
+        e.articles += w.articles;
+        e.input_tokens += w.input_tokens;
+        e.output_tokens += w.output_tokens;
+        e.batch_real_tokens += w.batch_real_tokens;
+        e.batch_padded_tokens += w.batch_padded_tokens;
     }
 
     /// Seconds spent in model stages (summary and translations).
@@ -390,18 +416,49 @@ fn process_window(
         }
     }
 
+    let tokens = |arts: &[&mut Prepared]| {
+        arts.iter().fold((0u64, 0u64), |(i, o), a| {
+            (
+                i + a.meta.input_tokens as u64,
+                o + a.meta.output_tokens as u64,
+            )
+        })
+    };
+    let account = |stats: &mut RunStats,
+                   workers: &mut Workers,
+                   name: &str,
+                   before: (u64, u64),
+                   after: (u64, u64),
+                   articles: usize| {
+        let (real, padded) = workers.take_fill();
+        stats.add_work(
+            name,
+            StageWork {
+                articles: articles as u64,
+                input_tokens: after.0 - before.0,
+                output_tokens: after.1 - before.1,
+                batch_real_tokens: real,
+                batch_padded_tokens: padded,
+            },
+        );
+    };
     if let Some(spec) = &job.summary {
         let t = Instant::now();
         let model = &models[&spec.model];
+        let before = tokens(&arts);
         summarize(job, spec, model, workers, &mut arts)?;
         stats.add_stage("summary", t.elapsed());
+        account(stats, workers, "summary", before, tokens(&arts), arts.len());
     }
     if let Some(spec) = &job.translate {
         for lang in &spec.targets {
             let t = Instant::now();
             let model = &models[&spec.models[lang.code]];
+            let before = tokens(&arts);
             translate(job, &spec.fields, lang, model, workers, &mut arts)?;
-            stats.add_stage(&format!("translate:{}", lang.code), t.elapsed());
+            let name = format!("translate:{}", lang.code);
+            stats.add_stage(&name, t.elapsed());
+            account(stats, workers, &name, before, tokens(&arts), arts.len());
         }
     }
 
@@ -480,23 +537,26 @@ fn summarize(
                 }
             }
         }
-        Model::Causal(_) => {
+        Model::Causal(_) | Model::Seq2Seq(_) => {
             let task = Task::Summarize {
                 max_words: spec.max_words,
             };
-            let opts = job.models[&model.name].generation.options.clone();
+            let settings = job.models[&model.name].generation.clone();
+            let prefix = &job.models[&model.name].prefix;
             let inputs: Vec<String> = arts
                 .iter()
                 .map(|a| {
-                    a.paragraphs
+                    let body = a
+                        .paragraphs
                         .iter()
                         .map(|p| p.join(" "))
                         .collect::<Vec<_>>()
-                        .join("\n\n")
+                        .join("\n\n");
+                    format!("{prefix}{body}")
                 })
                 .collect();
             let units: Vec<(Task, &str)> = inputs.iter().map(|s| (task, s.as_str())).collect();
-            let results = workers.run(model, &units, &opts);
+            let results = workers.run(model, &units, &settings, job.runtime.batch_tokens);
             for (a, r) in arts.iter_mut().zip(results) {
                 match r {
                     Ok((g, ms)) => {
@@ -534,7 +594,7 @@ fn translate(
     workers: &mut Workers,
     arts: &mut [&mut Prepared],
 ) -> Result<()> {
-    let opts = job.models[&model.name].generation.options.clone();
+    let settings = job.models[&model.name].generation.clone();
     let prefix = &job.models[&model.name].prefix;
     // Unique segments of the window for this target, keyed by source
     // language and text: boilerplate repeated across articles is
@@ -587,7 +647,7 @@ fn translate(
         uses.push(mine);
     }
     let unit_refs: Vec<(Task, &str)> = units.iter().map(|(t, s)| (*t, s.as_str())).collect();
-    let results = workers.run(model, &unit_refs, &opts);
+    let results = workers.run(model, &unit_refs, &settings, job.runtime.batch_tokens);
     let mut counted = vec![false; results.len()];
 
     for (a, mine) in arts.iter_mut().zip(uses) {
@@ -698,6 +758,9 @@ type UnitResult = Result<(Generation, u64)>;
 struct Workers {
     count: usize,
     clones: HashMap<String, Vec<Mutex<LoadedModel>>>,
+    /// Real and padded source tokens of batched passes since the last
+    /// [`Workers::take_fill`].
+    fill: Mutex<(u64, u64)>,
 }
 
 impl Workers {
@@ -711,7 +774,11 @@ impl Workers {
                 )
             })
             .collect();
-        Workers { count, clones }
+        Workers {
+            count,
+            clones,
+            fill: Mutex::new((0, 0)),
+        }
     }
 
     /// Runs every unit, longest first, spread over the workers; results come
@@ -720,8 +787,13 @@ impl Workers {
         &mut self,
         model: &LoadedModel,
         units: &[(Task, &str)],
-        opts: &crate::models::GenOptions,
+        settings: &crate::config::GenSettings,
+        batch_tokens: usize,
     ) -> Vec<UnitResult> {
+        if let Model::Seq2Seq(_) = &model.model {
+            return self.run_batched(model, units, settings, batch_tokens);
+        }
+        let opts = &settings.options;
         let mut order: Vec<usize> = (0..units.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(units[i].1.len()));
         let results: Vec<Mutex<Option<UnitResult>>> =
@@ -746,6 +818,94 @@ impl Workers {
         } else {
             std::thread::scope(|s| {
                 for w in 0..self.count {
+                    let work = &work;
+                    s.spawn(move || work(w));
+                }
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.into_inner()
+                    .expect("result lock")
+                    .expect("every unit ran")
+            })
+            .collect()
+    }
+}
+
+impl Workers {
+    /// Real and padded source tokens of the batched passes since the last call.
+    fn take_fill(&self) -> (u64, u64) {
+        std::mem::take(&mut *self.fill.lock().expect("fill lock"))
+    }
+
+    /// Encoder-decoder models: units are dealt to the workers in length
+    /// order (so each gets a similar mix), and each worker decodes its share
+    /// in length-sorted token-budget batches, one task at a time. A unit's
+    /// milliseconds are its batch call's time divided evenly.
+    fn run_batched(
+        &mut self,
+        model: &LoadedModel,
+        units: &[(Task, &str)],
+        settings: &crate::config::GenSettings,
+        batch_tokens: usize,
+    ) -> Vec<UnitResult> {
+        let mut order: Vec<usize> = (0..units.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(units[i].1.len()));
+        let workers = self.count.max(1).min(units.len().max(1));
+        let results: Vec<Mutex<Option<UnitResult>>> =
+            (0..units.len()).map(|_| Mutex::new(None)).collect();
+        let clones = &self.clones[&model.name];
+        let work = |w: usize| {
+            let m = clones[w].lock().expect("worker lock");
+            let Model::Seq2Seq(s2s) = &m.model else {
+                unreachable!("run_batched is only called for encoder-decoder models")
+            };
+            let mine: Vec<usize> = order.iter().copied().skip(w).step_by(workers).collect();
+            let mut by_task: Vec<(Task, Vec<usize>)> = Vec::new();
+            for i in mine {
+                match by_task.iter_mut().find(|(t, _)| *t == units[i].0) {
+                    Some((_, v)) => v.push(i),
+                    None => by_task.push((units[i].0, vec![i])),
+                }
+            }
+            for (task, idx) in by_task {
+                let inputs: Vec<&str> = idx.iter().map(|&i| units[i].1).collect();
+                let t = Instant::now();
+                let out = s2s.generate_batch(task, &inputs, settings, batch_tokens);
+                let ms = t.elapsed().as_millis() as u64 / idx.len().max(1) as u64;
+                match out {
+                    Ok((items, fill)) => {
+                        let mut f = self.fill.lock().expect("fill lock");
+                        f.0 += fill.real_tokens;
+                        f.1 += fill.padded_tokens;
+                        drop(f);
+                        for (&i, r) in idx.iter().zip(items) {
+                            let r = r.map(|g| (g, ms)).map_err(|message| Error::Model {
+                                model: model.name.clone(),
+                                message,
+                            });
+                            *results[i].lock().expect("result lock") = Some(r);
+                        }
+                    }
+                    Err(e) => {
+                        let message = format!("{:#}", chain(&e));
+                        for &i in &idx {
+                            *results[i].lock().expect("result lock") = Some(Err(Error::Model {
+                                model: model.name.clone(),
+                                message: message.clone(),
+                            }));
+                        }
+                    }
+                }
+            }
+        };
+        if workers <= 1 {
+            work(0);
+        } else {
+            std::thread::scope(|s| {
+                for w in 0..workers {
                     let work = &work;
                     s.spawn(move || work(w));
                 }

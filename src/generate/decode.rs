@@ -155,7 +155,12 @@ impl RepetitionGuard {
     }
 
     fn check(&self) -> Option<Loop> {
-        let t = &self.tokens;
+        self.loop_at_end(&self.tokens)
+    }
+
+    /// The loop `tokens` end in, if any, by this guard's limits (for callers
+    /// that keep many candidate outputs, such as beam search).
+    pub fn loop_at_end(&self, t: &[u32]) -> Option<Loop> {
         let last = *t.last()?;
         let run = t.iter().rev().take_while(|&&x| x == last).count();
         if run >= self.max_run {

@@ -13,6 +13,8 @@ pub enum Model {
     Extractive(extractive::Extractive),
     /// Decoder-only GGUF model (Qwen2/3, Llama, Gemma 3), prompted.
     Causal(Box<causal::CausalModel>),
+    /// Encoder-decoder model (Marian, T5, M2M100/NLLB), batched.
+    Seq2Seq(Box<seq2seq::Seq2SeqModel>),
 }
 
 /// A model with the names it goes by.
@@ -31,6 +33,20 @@ impl LoadedModel {
     pub fn generate(&mut self, task: Task, input: &str, opts: &GenOptions) -> Result<Generation> {
         match &mut self.model {
             Model::Causal(m) => m.generate(task, input, opts),
+            Model::Seq2Seq(m) => {
+                let settings = crate::config::GenSettings {
+                    beam_size: 1,
+                    length_penalty: 1.0,
+                    options: opts.clone(),
+                };
+                let (mut out, _) = m.generate_batch(task, &[input], &settings, usize::MAX)?;
+                out.pop()
+                    .expect("one result per input")
+                    .map_err(|message| Error::Model {
+                        model: self.name.clone(),
+                        message,
+                    })
+            }
             Model::Extractive(_) => Err(Error::Model {
                 model: self.name.clone(),
                 message: "an extractive (sentence-embedding) model cannot generate text; \
@@ -44,6 +60,7 @@ impl LoadedModel {
     pub fn describe(&self) -> String {
         match &self.model {
             Model::Causal(m) => m.describe(),
+            Model::Seq2Seq(m) => m.describe(),
             Model::Extractive(_) => "family: extractive (BERT sentence embeddings)".into(),
         }
     }
@@ -61,6 +78,9 @@ fn is_gguf(path: &std::path::Path) -> bool {
 pub fn resolve(spec: &ModelSpec, policy: FetchPolicy) -> Result<ModelFiles> {
     let files = ModelFiles::open(&spec.name, &spec.source, policy)?;
     match files.primary() {
+        Some(p) if is_gguf(p) && gguf_architecture(p).as_deref() == Some("t5") => {
+            t5_files(&files, files.get("config.json")?)?;
+        }
         Some(p) if is_gguf(p) => {
             files.get_optional("tokenizer.json")?;
         }
@@ -71,6 +91,15 @@ pub fn resolve(spec: &ModelSpec, policy: FetchPolicy) -> Result<ModelFiles> {
                     files.get("tokenizer.json")?;
                     files.get("model.safetensors")?;
                     files.get_optional("sentence_bert_config.json")?;
+                }
+                "marian" => {
+                    marian_files(&files, config)?;
+                }
+                "m2m_100" | "m2m100" | "nllb" => {
+                    m2m100_files(&files, config)?;
+                }
+                "t5" | "mt5" => {
+                    t5_files(&files, config)?;
                 }
                 other => return Err(unsupported(&spec.name, other)),
             }
@@ -87,6 +116,10 @@ pub fn load(
 ) -> Result<LoadedModel> {
     let files = resolve(spec, policy)?;
     let model = match files.primary() {
+        Some(p) if is_gguf(p) && gguf_architecture(p).as_deref() == Some("t5") => {
+            let f = t5_files(&files, files.get("config.json")?)?;
+            Model::Seq2Seq(Box::new(t5::load(&spec.name, &f, device)?))
+        }
         Some(p) if is_gguf(p) => {
             let tok = files.get_optional("tokenizer.json")?;
             Model::Causal(Box::new(causal::CausalModel::load(
@@ -98,14 +131,116 @@ pub fn load(
         }
         _ => {
             let config = files.get("config.json")?;
-            let dir = config.parent().unwrap_or(std::path::Path::new("."));
-            Model::Extractive(extractive::Extractive::load(&spec.name, dir, device)?)
+            match model_type(&spec.name, &config)?.as_str() {
+                "marian" => {
+                    let f = marian_files(&files, config)?;
+                    Model::Seq2Seq(Box::new(marian::load(&spec.name, &f, device)?))
+                }
+                "m2m_100" | "m2m100" | "nllb" => {
+                    let f = m2m100_files(&files, config)?;
+                    Model::Seq2Seq(Box::new(m2m100::load(&spec.name, &f, device)?))
+                }
+                "t5" | "mt5" => {
+                    let f = t5_files(&files, config)?;
+                    Model::Seq2Seq(Box::new(t5::load(&spec.name, &f, device)?))
+                }
+                _ => {
+                    let dir = config.parent().unwrap_or(std::path::Path::new("."));
+                    Model::Extractive(extractive::Extractive::load(&spec.name, dir, device)?)
+                }
+            }
         }
     };
     Ok(LoadedModel {
         name: spec.name.clone(),
         id: files.id().to_string(),
         model,
+    })
+}
+
+/// `model.safetensors`, else `pytorch_model.bin`.
+fn weights_file(files: &ModelFiles) -> Result<std::path::PathBuf> {
+    match files.get_optional("model.safetensors")? {
+        Some(p) => Ok(p),
+        None => files.get("pytorch_model.bin"),
+    }
+}
+
+fn marian_files(files: &ModelFiles, config: std::path::PathBuf) -> Result<marian::MarianFiles> {
+    Ok(marian::MarianFiles {
+        config,
+        weights: weights_file(files)?,
+        source_spm: files.get("source.spm")?,
+        target_spm: files.get("target.spm")?,
+        vocab: files.get("vocab.json")?,
+        target_vocab: files.get_optional("target_vocab.json")?,
+        tokenizer_config: files.get_optional("tokenizer_config.json")?,
+        generation_config: files.get_optional("generation_config.json")?,
+    })
+}
+
+fn m2m100_files(files: &ModelFiles, config: std::path::PathBuf) -> Result<m2m100::M2M100Files> {
+    let tokenizer_json = files.get_optional("tokenizer.json")?;
+    let spm = match tokenizer_json {
+        Some(_) => None,
+        None => files.get_optional("sentencepiece.bpe.model")?,
+    };
+    Ok(m2m100::M2M100Files {
+        config,
+        weights: weights_file(files)?,
+        tokenizer_json,
+        spm,
+        tokenizer_config: files.get_optional("tokenizer_config.json")?,
+        generation_config: files.get_optional("generation_config.json")?,
+    })
+}
+
+/// The `general.architecture` of a GGUF file (`None` when unreadable; the
+/// causal loader then reports the problem).
+fn gguf_architecture(path: &std::path::Path) -> Option<String> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).ok()?;
+    content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+}
+
+/// A T5 checkpoint's files: the named GGUF file, `model.safetensors`, or
+/// the shards listed in `model.safetensors.index.json` (all fetched; the
+/// loader reads them from the index's folder).
+fn t5_files(files: &ModelFiles, config: std::path::PathBuf) -> Result<t5::T5Files> {
+    let weights = match files.primary() {
+        Some(p) if is_gguf(p) => p.to_path_buf(),
+        _ => match files.get_optional("model.safetensors")? {
+            Some(p) => p,
+            None => {
+                let index = files.get("model.safetensors.index.json")?;
+                #[derive(serde::Deserialize)]
+                struct Index {
+                    weight_map: std::collections::BTreeMap<String, String>,
+                }
+                let text =
+                    std::fs::read_to_string(&index).map_err(Error::io("cannot read", &index))?;
+                let idx: Index = serde_json::from_str(&text).map_err(|e| Error::Model {
+                    model: files.name().into(),
+                    message: format!("`{}` is not a valid index: {e}", index.display()),
+                })?;
+                let shards: std::collections::BTreeSet<&String> = idx.weight_map.values().collect();
+                for shard in shards {
+                    files.get(shard)?;
+                }
+                index
+            }
+        },
+    };
+    Ok(t5::T5Files {
+        config,
+        weights,
+        tokenizer_json: files.get_optional("tokenizer.json")?,
+        spiece: files.get_optional("spiece.model")?,
+        generation_config: files.get_optional("generation_config.json")?,
     })
 }
 
@@ -130,7 +265,8 @@ fn unsupported(name: &str, model_type: &str) -> Error {
         model: name.into(),
         message: format!(
             "model_type `{model_type}` is not supported; supported: `bert` \
-             (extractive summaries) and GGUF files of qwen2, qwen3, llama and gemma3"
+             (extractive summaries), `marian`, `t5`, `m2m_100` (translation and \
+             summaries) and GGUF files of qwen2, qwen3, llama, gemma3 and t5"
         ),
     }
 }

@@ -5,10 +5,16 @@
 //! (`general.architecture` of a GGUF file, `model_type` of `config.json`).
 //! Summarize and translate are data ([`Task`]), not separate model types.
 
+pub mod bart;
 pub mod causal;
 pub mod extractive;
 pub mod hub;
+pub mod m2m100;
+pub mod marian;
 pub mod packages;
+pub mod seq2seq;
+pub mod spm;
+pub mod t5;
 pub mod tokenizer;
 
 use crate::text::langid::Language;

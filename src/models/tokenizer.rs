@@ -51,7 +51,7 @@ use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, Tokenizer};
 use crate::error::{Error, Result};
 
 /// SentencePiece's whitespace marker.
-const SPACE_MARK: char = '▁';
+pub(super) const SPACE_MARK: char = '▁';
 
 /// `tokenizer.ggml.pre` values candle's gpt2 builder configures itself.
 const CANDLE_KNOWN_PRE: &[&str] = &["qwen2", "smaug-bpe", "lfm2", "llama3"];
@@ -101,7 +101,7 @@ pub fn load(
     }
 }
 
-fn model_error(name: &str, message: &str) -> Error {
+pub(super) fn model_error(name: &str, message: &str) -> Error {
     Error::Model {
         model: name.to_string(),
         message: message.to_string(),
@@ -131,10 +131,10 @@ fn gpt2_from_gguf(name: &str, ct: &Content) -> Result<Tokenizer> {
 }
 
 /// The SentencePiece vocabulary stored in a GGUF file.
-struct Pieces {
-    tokens: Vec<String>,
-    scores: Vec<f32>,
-    types: Vec<u32>,
+pub(super) struct Pieces {
+    pub(super) tokens: Vec<String>,
+    pub(super) scores: Vec<f32>,
+    pub(super) types: Vec<u32>,
 }
 
 impl Pieces {
@@ -205,7 +205,7 @@ impl Pieces {
     /// BPE merges that reproduce SentencePiece's score-driven merging: every
     /// way to split a normal piece into two normal pieces, highest-scoring
     /// result first.
-    fn merges(&self) -> Vec<(String, String)> {
+    pub(super) fn merges(&self) -> Vec<(String, String)> {
         let normal: HashMap<&str, u32> = self
             .tokens
             .iter()

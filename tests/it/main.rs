@@ -11,3 +11,4 @@ mod merge;
 mod pipe;
 mod pipeline;
 mod real_pipeline;
+mod seq2seq;

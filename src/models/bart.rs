@@ -1,0 +1,489 @@
+//! The BART-style transformer that Marian and M2M100/NLLB both are: learned
+//! token embeddings scaled by `sqrt(d_model)`, sinusoidal positions,
+//! encoder and decoder layers of multi-head attention (`q` scaled by
+//! `head_dim^-0.5`, biases on every projection) and a two-layer
+//! feed-forward block, with layer norms after each block (Marian,
+//! `normalize_before = false`) or before it plus a final norm per stack
+//! (M2M100). The families differ in their position tables, their norms and
+//! their text handling; [`crate::models::marian`] and
+//! [`crate::models::m2m100`] say how.
+//!
+//! Weights keep the Hugging Face names (`model.encoder.layers.0.self_attn.q_proj.weight`,
+//! ...), read from `model.safetensors` or `pytorch_model.bin`.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder};
+
+use crate::error::{Error, Result};
+use crate::models::seq2seq::{
+    attend, key_bias, merge_heads, split_heads, DecoderState, LayerState, Seq2SeqNet,
+};
+
+/// A dense projection applied as one 2-D matmul over all rows and
+/// positions (candle_nn's `Linear` broadcasts the weight into a batched
+/// matmul for 3-D inputs instead).
+#[derive(Clone)]
+pub struct Proj {
+    /// `[out, in]`.
+    w: Tensor,
+    /// `[out]`, when the layer has one.
+    b: Option<Tensor>,
+}
+
+impl Proj {
+    /// Loads `{prefix}.weight` (`[out, in]`) and, when `bias`, `{prefix}.bias`.
+    pub fn load(
+        vb: &VarBuilder,
+        input: usize,
+        output: usize,
+        bias: bool,
+    ) -> candle_core::Result<Self> {
+        let w = vb.get((output, input), "weight")?;
+        let b = if bias {
+            Some(vb.get(output, "bias")?)
+        } else {
+            None
+        };
+        Ok(Proj { w, b })
+    }
+
+    /// A projection from a weight already in memory (tied heads).
+    pub fn from_weight(w: Tensor, b: Option<Tensor>) -> Self {
+        Proj { w, b }
+    }
+
+    /// Applies to `[.., in]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let input = *dims.last().expect("a projection input has dimensions");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((rows, input))?.matmul(&self.w.t()?)?;
+        let y = match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().expect("dims") = self.w.dim(0)?;
+        y.reshape(out)
+    }
+
+    /// Parameter count.
+    pub fn parameters(&self) -> usize {
+        self.w.elem_count() + self.b.as_ref().map_or(0, |b| b.elem_count())
+    }
+}
+
+/// Shape of a BART-style stack.
+#[derive(Debug, Clone)]
+pub struct BartConfig {
+    /// Hidden width.
+    pub d_model: usize,
+    /// Encoder layers.
+    pub encoder_layers: usize,
+    /// Decoder layers.
+    pub decoder_layers: usize,
+    /// Encoder heads.
+    pub encoder_heads: usize,
+    /// Decoder heads.
+    pub decoder_heads: usize,
+    /// Encoder feed-forward width.
+    pub encoder_ffn: usize,
+    /// Decoder feed-forward width.
+    pub decoder_ffn: usize,
+    /// Feed-forward activation.
+    pub activation: Activation,
+    /// Multiply embeddings by `sqrt(d_model)`.
+    pub scale_embedding: bool,
+    /// Norms before each block plus a final norm per stack (M2M100) rather
+    /// than after each block (Marian).
+    pub pre_norm: bool,
+    /// Layer norm epsilon.
+    pub eps: f64,
+}
+
+struct Attention {
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    out: Proj,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, d: usize, heads: usize) -> candle_core::Result<Self> {
+        Ok(Attention {
+            q: Proj::load(&vb.pp("q_proj"), d, d, true)?,
+            k: Proj::load(&vb.pp("k_proj"), d, d, true)?,
+            v: Proj::load(&vb.pp("v_proj"), d, d, true)?,
+            out: Proj::load(&vb.pp("out_proj"), d, d, true)?,
+            heads,
+            scale: ((d / heads) as f64).powf(-0.5),
+        })
+    }
+
+    fn query(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        split_heads(&(self.q.forward(x)? * self.scale)?, self.heads)
+    }
+
+    fn keys_values(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            split_heads(&self.k.forward(x)?, self.heads)?,
+            split_heads(&self.v.forward(x)?, self.heads)?,
+        ))
+    }
+
+    fn parameters(&self) -> usize {
+        self.q.parameters() + self.k.parameters() + self.v.parameters() + self.out.parameters()
+    }
+}
+
+struct FeedForward {
+    fc1: Proj,
+    fc2: Proj,
+    act: Activation,
+}
+
+impl FeedForward {
+    fn load(vb: &VarBuilder, d: usize, ffn: usize, act: Activation) -> candle_core::Result<Self> {
+        Ok(FeedForward {
+            fc1: Proj::load(&vb.pp("fc1"), d, ffn, true)?,
+            fc2: Proj::load(&vb.pp("fc2"), ffn, d, true)?,
+            act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.apply(&self.act)?)
+    }
+}
+
+fn layer_norm(vb: VarBuilder, d: usize, eps: f64) -> candle_core::Result<LayerNorm> {
+    candle_nn::layer_norm(d, eps, vb)
+}
+
+fn ln_parameters(ln: &LayerNorm) -> usize {
+    ln.weight().elem_count() + ln.bias().map_or(0, |b| b.elem_count())
+}
+
+struct EncoderLayer {
+    attn: Attention,
+    attn_norm: LayerNorm,
+    ffn: FeedForward,
+    ffn_norm: LayerNorm,
+}
+
+struct DecoderLayer {
+    attn: Attention,
+    attn_norm: LayerNorm,
+    cross: Attention,
+    cross_norm: LayerNorm,
+    ffn: FeedForward,
+    ffn_norm: LayerNorm,
+}
+
+/// Position embeddings of a family: a table of rows and the row of
+/// position 0.
+pub struct Positions {
+    /// `[rows, d_model]`.
+    pub table: Tensor,
+    /// Row of the first position (M2M100: `padding_idx + 1`; Marian: 0).
+    pub offset: usize,
+}
+
+/// A loaded BART-style network.
+pub struct BartNet {
+    cfg: BartConfig,
+    enc_embed: Embedding,
+    dec_embed: Embedding,
+    positions: Positions,
+    encoder: Vec<EncoderLayer>,
+    decoder: Vec<DecoderLayer>,
+    enc_final: Option<LayerNorm>,
+    dec_final: Option<LayerNorm>,
+    lm_head: Proj,
+    tied_embeddings: bool,
+    device: Device,
+}
+
+/// Where a family keeps its embeddings and head.
+pub struct BartNames<'a> {
+    /// Prefix of encoder and decoder (`model`).
+    pub model: &'a str,
+    /// Source embedding tensor (e.g. `model.shared.weight` or `model.encoder.embed_tokens.weight`).
+    pub enc_embed: String,
+    /// Target embedding tensor.
+    pub dec_embed: String,
+    /// The output projection tensor when it is stored (`lm_head.weight`); else tied to `dec_embed`.
+    pub lm_head: Option<String>,
+    /// Bias added to the logits (`final_logits_bias`, `[1, vocab]`).
+    pub logits_bias: Option<String>,
+}
+
+impl BartNet {
+    /// Loads the stack; `positions` comes from the family.
+    pub fn load(
+        cfg: BartConfig,
+        vb: VarBuilder,
+        names: &BartNames,
+        positions: Positions,
+    ) -> candle_core::Result<Self> {
+        let d = cfg.d_model;
+        let embedding = |name: &str| -> candle_core::Result<Embedding> {
+            let w = vb.get_unchecked(name)?;
+            let (_, width) = w.dims2()?;
+            if width != d {
+                candle_core::bail!("`{name}` is {:?}, expected [vocab, {d}]", w.dims());
+            }
+            Ok(Embedding::new(w, d))
+        };
+        let enc_embed = embedding(&names.enc_embed)?;
+        let dec_embed = if names.dec_embed == names.enc_embed {
+            enc_embed.clone()
+        } else {
+            embedding(&names.dec_embed)?
+        };
+        let m = vb.pp(names.model);
+        let mut encoder = Vec::with_capacity(cfg.encoder_layers);
+        for i in 0..cfg.encoder_layers {
+            let l = m.pp(format!("encoder.layers.{i}"));
+            encoder.push(EncoderLayer {
+                attn: Attention::load(l.pp("self_attn"), d, cfg.encoder_heads)?,
+                attn_norm: layer_norm(l.pp("self_attn_layer_norm"), d, cfg.eps)?,
+                ffn: FeedForward::load(&l, d, cfg.encoder_ffn, cfg.activation)?,
+                ffn_norm: layer_norm(l.pp("final_layer_norm"), d, cfg.eps)?,
+            });
+        }
+        let mut decoder = Vec::with_capacity(cfg.decoder_layers);
+        for i in 0..cfg.decoder_layers {
+            let l = m.pp(format!("decoder.layers.{i}"));
+            decoder.push(DecoderLayer {
+                attn: Attention::load(l.pp("self_attn"), d, cfg.decoder_heads)?,
+                attn_norm: layer_norm(l.pp("self_attn_layer_norm"), d, cfg.eps)?,
+                cross: Attention::load(l.pp("encoder_attn"), d, cfg.decoder_heads)?,
+                cross_norm: layer_norm(l.pp("encoder_attn_layer_norm"), d, cfg.eps)?,
+                ffn: FeedForward::load(&l, d, cfg.decoder_ffn, cfg.activation)?,
+                ffn_norm: layer_norm(l.pp("final_layer_norm"), d, cfg.eps)?,
+            });
+        }
+        let (enc_final, dec_final) = if cfg.pre_norm {
+            (
+                Some(layer_norm(m.pp("encoder.layer_norm"), d, cfg.eps)?),
+                Some(layer_norm(m.pp("decoder.layer_norm"), d, cfg.eps)?),
+            )
+        } else {
+            (None, None)
+        };
+        let head_w = match &names.lm_head {
+            Some(n) if vb.contains_tensor(n) => vb.get_unchecked(n)?,
+            _ => dec_embed.embeddings().clone(),
+        };
+        let bias = match &names.logits_bias {
+            Some(n) if vb.contains_tensor(n) => {
+                let b = vb.get_unchecked(n)?;
+                Some(b.flatten_all()?)
+            }
+            _ => None,
+        };
+        Ok(BartNet {
+            device: vb.device().clone(),
+            cfg,
+            enc_embed,
+            dec_embed,
+            positions,
+            encoder,
+            decoder,
+            enc_final,
+            dec_final,
+            lm_head: Proj::from_weight(head_w, bias),
+            tied_embeddings: names.dec_embed == names.enc_embed,
+        })
+    }
+
+    /// Parameter count (positions excluded: they are computed).
+    pub fn parameters(&self) -> usize {
+        let mut n = self.enc_embed.embeddings().elem_count();
+        if !self.tied_embeddings {
+            n += self.dec_embed.embeddings().elem_count();
+        }
+        for l in &self.encoder {
+            n += l.attn.parameters() + l.ffn.fc1.parameters() + l.ffn.fc2.parameters();
+            n += ln_parameters(&l.attn_norm) + ln_parameters(&l.ffn_norm);
+        }
+        for l in &self.decoder {
+            n += l.attn.parameters() + l.cross.parameters();
+            n += l.ffn.fc1.parameters() + l.ffn.fc2.parameters();
+            n += ln_parameters(&l.attn_norm)
+                + ln_parameters(&l.cross_norm)
+                + ln_parameters(&l.ffn_norm);
+        }
+        n
+    }
+
+    /// Output vocabulary size.
+    pub fn vocab(&self) -> usize {
+        self.lm_head.w.dim(0).unwrap_or(0)
+    }
+
+    /// Positions the table holds (the longest input the model takes).
+    pub fn max_positions(&self) -> usize {
+        self.positions.table.dim(0).unwrap_or(0) - self.positions.offset
+    }
+
+    fn embed(&self, embed: &Embedding, ids: &Tensor, start: usize) -> candle_core::Result<Tensor> {
+        let (_, len) = ids.dims2()?;
+        let x = embed.forward(ids)?;
+        let x = if self.cfg.scale_embedding {
+            (x * (self.cfg.d_model as f64).sqrt())?
+        } else {
+            x
+        };
+        let pos = self
+            .positions
+            .table
+            .narrow(0, self.positions.offset + start, len)?;
+        x.broadcast_add(&pos)
+    }
+
+    fn norm(&self, ln: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
+        ln.forward(x)
+    }
+}
+
+impl Seq2SeqNet for BartNet {
+    fn encode(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let bias = key_bias(mask)?;
+        let mut x = self.embed(&self.enc_embed, ids, 0)?;
+        for l in &self.encoder {
+            let pre = self.cfg.pre_norm;
+            let h = if pre {
+                self.norm(&l.attn_norm, &x)?
+            } else {
+                x.clone()
+            };
+            let q = l.attn.query(&h)?;
+            let (k, v) = l.attn.keys_values(&h)?;
+            let a = l
+                .attn
+                .out
+                .forward(&merge_heads(&attend(&q, &k, &v, Some(&bias))?)?)?;
+            x = (x + a)?;
+            if !pre {
+                x = self.norm(&l.attn_norm, &x)?;
+            }
+            let h = if pre {
+                self.norm(&l.ffn_norm, &x)?
+            } else {
+                x.clone()
+            };
+            x = (x + l.ffn.forward(&h)?)?;
+            if !pre {
+                x = self.norm(&l.ffn_norm, &x)?;
+            }
+        }
+        match &self.enc_final {
+            Some(ln) => ln.forward(&x),
+            None => Ok(x),
+        }
+    }
+
+    fn start(
+        &self,
+        encoded: &Tensor,
+        mask: &Tensor,
+        capacity: usize,
+    ) -> candle_core::Result<DecoderState> {
+        let mut layers = Vec::with_capacity(self.decoder.len());
+        for l in &self.decoder {
+            let (k, v) = l.cross.keys_values(encoded)?;
+            layers.push(LayerState::new(k, v, capacity)?);
+        }
+        Ok(DecoderState {
+            layers,
+            cross_bias: key_bias(mask)?,
+            len: 0,
+            extra: Vec::new(),
+        })
+    }
+
+    fn step(&self, state: &mut DecoderState, tokens: &Tensor) -> candle_core::Result<Tensor> {
+        let rows = tokens.dim(0)?;
+        let pos = state.len;
+        let mut x = self.embed(&self.dec_embed, &tokens.reshape((rows, 1))?, pos)?;
+        let pre = self.cfg.pre_norm;
+        for (l, cache) in self.decoder.iter().zip(state.layers.iter_mut()) {
+            let h = if pre {
+                self.norm(&l.attn_norm, &x)?
+            } else {
+                x.clone()
+            };
+            let q = l.attn.query(&h)?;
+            let (k, v) = l.attn.keys_values(&h)?;
+            let (k, v) = cache.append(&k, &v, pos)?;
+            let a = l
+                .attn
+                .out
+                .forward(&merge_heads(&attend(&q, &k, &v, None)?)?)?;
+            x = (x + a)?;
+            if !pre {
+                x = self.norm(&l.attn_norm, &x)?;
+            }
+            let h = if pre {
+                self.norm(&l.cross_norm, &x)?
+            } else {
+                x.clone()
+            };
+            let q = l.cross.query(&h)?;
+            let a = attend(&q, &cache.cross_k, &cache.cross_v, Some(&state.cross_bias))?;
+            x = (x + l.cross.out.forward(&merge_heads(&a)?)?)?;
+            if !pre {
+                x = self.norm(&l.cross_norm, &x)?;
+            }
+            let h = if pre {
+                self.norm(&l.ffn_norm, &x)?
+            } else {
+                x.clone()
+            };
+            x = (x + l.ffn.forward(&h)?)?;
+            if !pre {
+                x = self.norm(&l.ffn_norm, &x)?;
+            }
+        }
+        state.len += 1;
+        let x = match &self.dec_final {
+            Some(ln) => ln.forward(&x)?,
+            None => x,
+        };
+        let d = self.cfg.d_model;
+        self.lm_head
+            .forward(&x.reshape((rows, d))?)?
+            .to_dtype(DType::F32)
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Opens a checkpoint's weights: `model.safetensors` (memory-mapped) or
+/// `pytorch_model.bin`.
+pub fn open_weights<'a>(
+    model: &str,
+    path: &std::path::Path,
+    device: &Device,
+) -> Result<VarBuilder<'a>> {
+    let is_bin = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("bin") || e.eq_ignore_ascii_case("pt"));
+    let vb = if is_bin {
+        VarBuilder::from_pth(path, DType::F32, device)
+    } else {
+        // SAFETY: the file is a read-only checkpoint that nothing modifies
+        // while the job runs; mapping it avoids a copy of the weights.
+        unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }
+    };
+    vb.map_err(|e| Error::Model {
+        model: model.into(),
+        message: format!("cannot read weights `{}`: {e}", path.display()),
+    })
+}

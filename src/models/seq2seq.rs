@@ -1,0 +1,561 @@
+//! What the encoder-decoder families (Marian, T5, M2M100/NLLB) share: the
+//! interface the search in [`crate::generate::search`] drives
+//! ([`Seq2SeqNet`], [`DecoderState`]), the interface a family's text
+//! handling offers ([`Seq2SeqText`]), the attention arithmetic with padding
+//! masks, the `generation_config.json` defaults of a checkpoint, and
+//! [`Seq2SeqModel`], which ties them into batched generation for the
+//! pipeline.
+//!
+//! candle 0.11's own Marian and T5 cannot batch sentences of different
+//! lengths (no padding masks), grow their KV caches by concatenating the
+//! whole cache each step and recompute cross-attention keys and values every
+//! step. Here instead:
+//! - the encoder takes a right-padded batch and a mask; padded keys are
+//!   masked out of encoder self-attention and of cross-attention by an
+//!   additive bias (`0` or `-1e9`), so a padded batch gives the outputs of
+//!   one-at-a-time runs (right padding keeps every real token's position);
+//! - cross-attention keys and values are computed once per batch
+//!   ([`Seq2SeqNet::start`]) and kept in [`LayerState`];
+//! - self-attention caches are allocated once for the batch's longest
+//!   budget and written in place (`Tensor::slice_set`), never concatenated;
+//! - rows are removed or reordered by [`DecoderState::select`] (finished
+//!   rows leave the batch; beam search reorders its beams).
+//!
+//! The decoder never needs a padding mask: every row starts from the same
+//! one-token decoder prefix and advances one token per step.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use crate::config::GenSettings;
+use crate::error::{Error, Result};
+use crate::generate::search::{self, EarlyStopping, SearchConfig};
+
+use super::{Generation, Task};
+
+/// The additive attention bias of a masked (padding) key.
+pub const MASKED: f32 = -1e9;
+
+/// The neural network of an encoder-decoder family.
+pub trait Seq2SeqNet: Send + Sync {
+    /// Encodes a right-padded batch: `ids` `[rows, len]` u32, `mask` `[rows, len]`
+    /// f32 (1 real, 0 padding); returns the last hidden states `[rows, len, d]`.
+    fn encode(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor>;
+    /// Prepares decoding for an encoded batch: cross-attention keys and values
+    /// of every layer, self-attention caches for `capacity` tokens.
+    fn start(
+        &self,
+        encoded: &Tensor,
+        mask: &Tensor,
+        capacity: usize,
+    ) -> candle_core::Result<DecoderState>;
+    /// Feeds one token per row (`tokens` `[rows]` u32) at position
+    /// `state.len`; returns the next-token logits `[rows, vocab]` (f32).
+    fn step(&self, state: &mut DecoderState, tokens: &Tensor) -> candle_core::Result<Tensor>;
+    /// The device the weights live on.
+    fn device(&self) -> &Device;
+}
+
+/// Text in and out of a family's vocabulary, and what a task means for it.
+pub trait Seq2SeqText: Send + Sync {
+    /// The encoder input of one task (prefix, language tokens and end token
+    /// included), or a per-record error message (e.g. an unsupported
+    /// language).
+    fn encode(&self, task: Task, text: &str) -> std::result::Result<Vec<u32>, String>;
+    /// The token forced right after the decoder start for this task (NLLB's
+    /// target language), if any.
+    fn forced_bos(&self, task: Task) -> std::result::Result<Option<u32>, String>;
+    /// Generated ids back to text, special tokens dropped.
+    fn decode(&self, ids: &[u32]) -> String;
+    /// The languages the checkpoint can translate into, as the job writes
+    /// them (ISO 639-1 where one exists), for `tidings models inspect`.
+    fn languages(&self) -> Vec<String>;
+}
+
+/// One decoder layer's caches for a batch.
+#[derive(Clone)]
+pub struct LayerState {
+    /// Self-attention keys, `[rows, heads, capacity, head_dim]`, valid up to
+    /// [`DecoderState::len`].
+    pub self_k: Tensor,
+    /// Self-attention values, like `self_k`.
+    pub self_v: Tensor,
+    /// Cross-attention keys `[rows, heads, src_len, head_dim]`.
+    pub cross_k: Tensor,
+    /// Cross-attention values, like `cross_k`.
+    pub cross_v: Tensor,
+}
+
+impl LayerState {
+    /// Caches for a batch whose cross-attention keys and values are known.
+    pub fn new(cross_k: Tensor, cross_v: Tensor, capacity: usize) -> candle_core::Result<Self> {
+        let (rows, heads, _, head_dim) = cross_k.dims4()?;
+        let shape = (rows, heads, capacity.max(1), head_dim);
+        let self_k = Tensor::zeros(shape, cross_k.dtype(), cross_k.device())?;
+        let self_v = Tensor::zeros(shape, cross_k.dtype(), cross_k.device())?;
+        Ok(LayerState {
+            self_k,
+            self_v,
+            cross_k,
+            cross_v,
+        })
+    }
+
+    /// Writes one step's key and value (`[rows, heads, 1, head_dim]`) at
+    /// `pos` and returns the keys and values of positions `0..=pos`.
+    pub fn append(
+        &mut self,
+        k: &Tensor,
+        v: &Tensor,
+        pos: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let capacity = self.self_k.dim(2)?;
+        if pos >= capacity {
+            // Only reached if a caller under-estimated the budget: grow once
+            // to twice the size rather than fail.
+            let grow = |t: &Tensor| -> candle_core::Result<Tensor> {
+                let (r, h, c, d) = t.dims4()?;
+                let extra = Tensor::zeros((r, h, c.max(pos + 1 - c), d), t.dtype(), t.device())?;
+                Tensor::cat(&[t, &extra], 2)?.contiguous()
+            };
+            self.self_k = grow(&self.self_k)?;
+            self.self_v = grow(&self.self_v)?;
+        }
+        self.self_k.slice_set(&k.contiguous()?, 2, pos)?;
+        self.self_v.slice_set(&v.contiguous()?, 2, pos)?;
+        Ok((
+            self.self_k.narrow(2, 0, pos + 1)?,
+            self.self_v.narrow(2, 0, pos + 1)?,
+        ))
+    }
+}
+
+/// The decoder's state for one batch: per-layer caches, the cross-attention
+/// padding bias and how many tokens each row has been fed.
+#[derive(Clone)]
+pub struct DecoderState {
+    /// One entry per decoder layer.
+    pub layers: Vec<LayerState>,
+    /// `[rows, 1, 1, src_len]` additive bias: 0 on real source tokens,
+    /// [`MASKED`] on padding.
+    pub cross_bias: Tensor,
+    /// Tokens fed so far (the position of the next one).
+    pub len: usize,
+    /// Family-specific per-batch tensors that follow the rows (none yet).
+    pub extra: Vec<Tensor>,
+}
+
+impl DecoderState {
+    /// Rows in the batch.
+    pub fn rows(&self) -> usize {
+        self.cross_bias.dim(0).unwrap_or(0)
+    }
+
+    /// Keeps the given rows, in the given order (repeats allowed): drops
+    /// finished rows, reorders beams.
+    pub fn select(&mut self, rows: &[u32]) -> candle_core::Result<()> {
+        let identity =
+            rows.len() == self.rows() && rows.iter().enumerate().all(|(i, &r)| i == r as usize);
+        if identity {
+            return Ok(());
+        }
+        let idx = Tensor::new(rows, self.cross_bias.device())?;
+        let pick = |t: &Tensor| t.index_select(&idx, 0);
+        for l in &mut self.layers {
+            l.self_k = pick(&l.self_k)?;
+            l.self_v = pick(&l.self_v)?;
+            l.cross_k = pick(&l.cross_k)?;
+            l.cross_v = pick(&l.cross_v)?;
+        }
+        self.cross_bias = pick(&self.cross_bias)?;
+        for t in &mut self.extra {
+            *t = pick(t)?;
+        }
+        Ok(())
+    }
+}
+
+/// The additive key bias `[rows, 1, 1, len]` of a `[rows, len]` mask.
+pub fn key_bias(mask: &Tensor) -> candle_core::Result<Tensor> {
+    let (rows, len) = mask.dims2()?;
+    // (1 - mask) * MASKED
+    let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * (-MASKED as f64))?;
+    bias.reshape((rows, 1, 1, len))
+}
+
+/// Splits `[rows, len, heads * head_dim]` into `[rows, heads, len, head_dim]`.
+pub fn split_heads(x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, len, width) = x.dims3()?;
+    x.reshape((rows, len, heads, width / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// Joins `[rows, heads, len, head_dim]` back into `[rows, len, heads * head_dim]`.
+pub fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (rows, heads, len, head_dim) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((rows, len, heads * head_dim))
+}
+
+/// Scaled (by the caller) dot-product attention: `softmax(q k^T + bias) v`.
+/// `q` `[rows, heads, q_len, d]`, `k`/`v` `[rows, heads, k_len, d]`, `bias`
+/// broadcastable to `[rows, heads, q_len, k_len]`.
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let scores = q.matmul(&k.t()?)?;
+    let scores = match bias {
+        Some(b) => scores.broadcast_add(b)?,
+        None => scores,
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs.matmul(v)
+}
+
+/// The `generation_config.json` keys the reference implementation honours
+/// for these families (all optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CheckpointGeneration {
+    /// Default beam width.
+    pub num_beams: Option<usize>,
+    /// Total length cap (decoder start included).
+    pub max_length: Option<usize>,
+    /// Cap on new tokens.
+    pub max_new_tokens: Option<usize>,
+    /// Token sequences never generated (single tokens are honoured; longer
+    /// ones are ignored with a warning).
+    pub bad_words_ids: Option<Vec<Vec<u32>>>,
+    /// Token forced right after the decoder start.
+    pub forced_bos_token_id: Option<u32>,
+    /// Token forced at the last position allowed.
+    pub forced_eos_token_id: Option<OneOrMany>,
+    /// First decoder token.
+    pub decoder_start_token_id: Option<u32>,
+    /// End of sequence.
+    pub eos_token_id: Option<OneOrMany>,
+    /// Padding.
+    pub pad_token_id: Option<u32>,
+    /// Beam-search length penalty exponent.
+    pub length_penalty: Option<f64>,
+    /// Beam-search stopping rule.
+    pub early_stopping: Option<serde_json::Value>,
+    /// Re-normalise the log-probabilities after the processors (OPUS-MT
+    /// checkpoints set it; it shifts beam scores when a token is suppressed).
+    pub renormalize_logits: Option<bool>,
+}
+
+/// A token id or a list of them (`eos_token_id` may be either).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One id.
+    One(u32),
+    /// Several ids.
+    Many(Vec<u32>),
+}
+
+impl OneOrMany {
+    /// The first id.
+    pub fn first(&self) -> Option<u32> {
+        match self {
+            OneOrMany::One(x) => Some(*x),
+            OneOrMany::Many(v) => v.first().copied(),
+        }
+    }
+}
+
+impl CheckpointGeneration {
+    /// Reads `generation_config.json` when the checkpoint has one.
+    pub fn read(model: &str, path: Option<&Path>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(Error::io("cannot read", path))?;
+        serde_json::from_str(&text).map_err(|e| Error::Model {
+            model: model.into(),
+            message: format!("`{}` is not a valid generation config: {e}", path.display()),
+        })
+    }
+
+    /// The early-stopping rule (`true`, `false` or `"never"`).
+    pub fn early_stopping(&self) -> EarlyStopping {
+        match &self.early_stopping {
+            Some(serde_json::Value::Bool(true)) => EarlyStopping::True,
+            Some(serde_json::Value::String(s)) if s == "never" => EarlyStopping::Never,
+            _ => EarlyStopping::False,
+        }
+    }
+}
+
+/// Special ids of a checkpoint (from `config.json`, overridden by
+/// `generation_config.json`).
+#[derive(Debug, Clone, Copy)]
+pub struct SpecialIds {
+    /// First decoder token.
+    pub decoder_start: u32,
+    /// End of sequence.
+    pub eos: u32,
+    /// Padding (encoder batches are padded with it).
+    pub pad: u32,
+}
+
+/// Which family a checkpoint belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Marian / OPUS-MT.
+    Marian,
+    /// T5, flan-t5, mT5, MADLAD-400.
+    T5,
+    /// M2M100 and NLLB.
+    M2M100,
+}
+
+impl Family {
+    /// Name shown by `tidings models inspect`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Marian => "marian",
+            Family::T5 => "t5",
+            Family::M2M100 => "m2m100/nllb",
+        }
+    }
+}
+
+/// An encoder-decoder model ready to generate. Cloning is cheap (shared
+/// weights).
+#[derive(Clone)]
+pub struct Seq2SeqModel {
+    /// The job's name for the model.
+    pub name: Arc<str>,
+    /// The family.
+    pub family: Family,
+    /// The network.
+    pub net: Arc<dyn Seq2SeqNet>,
+    /// Its text handling.
+    pub text: Arc<dyn Seq2SeqText>,
+    /// Special ids.
+    pub ids: SpecialIds,
+    /// The checkpoint's generation defaults.
+    pub defaults: CheckpointGeneration,
+    /// Longest encoder input the positions allow (None: unbounded, T5).
+    pub max_source_tokens: Option<usize>,
+    /// Parameter count, for `inspect`.
+    pub parameters: usize,
+    /// Vocabulary size, for `inspect`.
+    pub vocab: usize,
+    /// Weight dtype, for `inspect`.
+    pub dtype: DType,
+}
+
+/// One input's outcome from [`Seq2SeqModel::generate_batch`].
+pub type ItemResult = std::result::Result<Generation, String>;
+
+/// How full the encoder batches of a call were.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fill {
+    /// Real source tokens.
+    pub real_tokens: u64,
+    /// Padded positions (`rows * longest row`, summed over batches).
+    pub padded_tokens: u64,
+}
+
+impl Seq2SeqModel {
+    /// The search settings of one task under the job's settings: job values
+    /// win where the job set them, else the checkpoint's, else ours.
+    pub fn search_config(
+        &self,
+        task: Task,
+        settings: &GenSettings,
+    ) -> std::result::Result<SearchConfig, String> {
+        let d = &self.defaults;
+        let mut suppress = Vec::new();
+        for w in d.bad_words_ids.iter().flatten() {
+            if let [t] = w.as_slice() {
+                suppress.push(*t);
+            }
+        }
+        Ok(SearchConfig {
+            beam_size: settings.beam_size,
+            length_penalty: settings.length_penalty as f32,
+            early_stopping: d.early_stopping(),
+            decoder_start: self.ids.decoder_start,
+            eos: self.ids.eos,
+            forced_bos: match self.text.forced_bos(task)? {
+                Some(t) => Some(t),
+                None => d.forced_bos_token_id,
+            },
+            forced_eos: d.forced_eos_token_id.as_ref().and_then(OneOrMany::first),
+            suppress,
+            renormalize: d.renormalize_logits.unwrap_or(false),
+            repetition_guard: settings.options.repetition_guard,
+        })
+    }
+
+    /// Generates for many inputs of one task: sorted by length, packed into
+    /// batches of at most `batch_tokens` padded source tokens, each batch
+    /// decoded together. Results come back in input order; a per-input
+    /// problem (too long, unsupported language) fails that input only.
+    pub fn generate_batch(
+        &self,
+        task: Task,
+        inputs: &[&str],
+        settings: &GenSettings,
+        batch_tokens: usize,
+    ) -> Result<(Vec<ItemResult>, Fill)> {
+        let mut fill = Fill::default();
+        let cfg = match self.search_config(task, settings) {
+            Ok(c) => c,
+            Err(msg) => return Ok((inputs.iter().map(|_| Err(msg.clone())).collect(), fill)),
+        };
+        let mut results: Vec<Option<ItemResult>> = vec![None; inputs.len()];
+        let mut encoded: Vec<(usize, Vec<u32>)> = Vec::with_capacity(inputs.len());
+        for (i, text) in inputs.iter().enumerate() {
+            match self.text.encode(task, text) {
+                Ok(ids) => match self.max_source_tokens {
+                    Some(max) if ids.len() > max => {
+                        results[i] = Some(Err(format!(
+                            "the input is {} tokens long; model `{}` takes at most {max}",
+                            ids.len(),
+                            self.name
+                        )))
+                    }
+                    _ => encoded.push((i, ids)),
+                },
+                Err(msg) => results[i] = Some(Err(msg)),
+            }
+        }
+        let opts = &settings.options;
+        let rows: Vec<search::Row> = encoded
+            .iter()
+            .map(|(_, ids)| search::Row {
+                ids: ids.clone(),
+                budget: crate::generate::decode::token_budget(
+                    opts.max_new_tokens,
+                    opts.max_length_ratio,
+                    ids.len(),
+                ),
+            })
+            .collect();
+        let batches = crate::generate::batch::plan(
+            &rows.iter().map(|r| r.ids.len()).collect::<Vec<_>>(),
+            batch_tokens,
+            cfg.beam_size,
+        );
+        for batch in batches {
+            let part: Vec<search::Row> = batch.iter().map(|&k| rows[k].clone()).collect();
+            let longest = part.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+            fill.real_tokens += part.iter().map(|r| r.ids.len() as u64).sum::<u64>();
+            fill.padded_tokens += (part.len() * longest) as u64;
+            let outs =
+                search::generate(self.net.as_ref(), &part, &cfg, self.ids.pad).map_err(|e| {
+                    Error::Candle {
+                        model: self.name.to_string(),
+                        context: "generation failed".into(),
+                        source: Box::new(e),
+                    }
+                })?;
+            for (&k, out) in batch.iter().zip(outs) {
+                let (i, ids) = &encoded[k];
+                results[*i] = Some(Ok(Generation {
+                    text: self.text.decode(&out.tokens).trim().to_string(),
+                    input_tokens: ids.len(),
+                    output_tokens: out.tokens.len(),
+                }));
+            }
+        }
+        Ok((
+            results
+                .into_iter()
+                .map(|r| r.expect("every input has a result"))
+                .collect(),
+            fill,
+        ))
+    }
+
+    /// Human description for `tidings models inspect`.
+    pub fn describe(&self) -> String {
+        let langs = self.text.languages();
+        let shown = if langs.len() > 12 {
+            format!("{} ... ({} in all)", langs[..12].join(", "), langs.len())
+        } else if langs.is_empty() {
+            "(any: the job's prefix says)".into()
+        } else {
+            langs.join(", ")
+        };
+        format!(
+            "family: {} (encoder-decoder)\nparameters: {:.1} M\nvocabulary: {}\ndtype: {:?}\n\
+             target languages: {shown}\nmax source tokens: {}",
+            self.family.name(),
+            self.parameters as f64 / 1e6,
+            self.vocab,
+            self.dtype,
+            self.max_source_tokens
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "unbounded (relative positions)".into()),
+        )
+    }
+}
+
+/// Sinusoidal position table `[positions, dim]`: `sin` in the first half of
+/// the dimensions, `cos` in the second, with frequency `i` of `half` being
+/// `1 / base^(i / denom)`. Marian uses `denom = half` (10000^(2i/dim));
+/// M2M100 uses `denom = half - 1`.
+pub fn sinusoidal(
+    positions: usize,
+    dim: usize,
+    denom: f64,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let half = dim / 2;
+    let mut data = vec![0f32; positions * dim];
+    for p in 0..positions {
+        for i in 0..half {
+            let freq = (-(10000f64.ln()) * i as f64 / denom).exp();
+            let angle = p as f64 * freq;
+            data[p * dim + i] = angle.sin() as f32;
+            data[p * dim + half + i] = angle.cos() as f32;
+        }
+    }
+    Tensor::from_vec(data, (positions, dim), device)
+}
+
+/// ISO 639-3 codes a checkpoint may use for a language, most likely first
+/// (macro-languages list the individual language these models were trained
+/// on first: Persian is `pes` in NLLB and OPUS-MT, Arabic `arb` in NLLB).
+pub fn iso639_3(lang: &super::super::text::langid::Language) -> Vec<&'static str> {
+    let special: &[&str] = match lang.code {
+        "fa" => &["pes", "fas", "prs"],
+        "ar" => &["arb", "ara"],
+        "zh" => &["zho", "cmn"],
+        "ms" => &["zsm", "msa", "may"],
+        "no" => &["nob", "nor"],
+        "et" => &["est", "ekk"],
+        "lv" => &["lvs", "lav"],
+        "sw" => &["swh", "swa"],
+        "uz" => &["uzn", "uzb"],
+        "cy" => &["cym"],
+        "eu" => &["eus"],
+        "ga" => &["gle"],
+        "kk" => &["kaz"],
+        "ps" => &["pbt", "pus"],
+        "sq" => &["als", "sqi"],
+        "ne" => &["npi", "nep"],
+        "or" => &["ory", "ori"],
+        "az" => &["azj", "aze"],
+        _ => &[],
+    };
+    let mut out: Vec<&'static str> = special.to_vec();
+    if let Some(d) = lang.detect {
+        let c = d.code();
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
