@@ -589,6 +589,9 @@ class Family:
     def encode(self, tok, case: Case) -> list[int]:
         return tok(case.text).input_ids
 
+    def input_pieces(self, tok, ids: list[int]) -> list[str]:
+        return tok.convert_ids_to_tokens(ids)
+
     def gen_extra(self, tok, case: Case) -> dict:
         return {}
 
@@ -738,7 +741,7 @@ def reference(fam: Family, d: Path) -> dict:
             c["tgt_lang"] = case.tgt_lang
         c.update({
             "input_ids": ids,
-            "input_pieces": tok.convert_ids_to_tokens(ids),
+            "input_pieces": fam.input_pieces(tok, ids),
             "decoder_start": fam.decoder_start(tok, case, model),
             "greedy": greedy,
             "greedy_text": tok.decode(greedy, skip_special_tokens=True),
@@ -884,6 +887,11 @@ class MarianFam(Family):
 
     def load_tokenizer(self, d: Path):
         return MarianTokenizer.from_pretrained(d)
+
+    def input_pieces(self, tok, ids: list[int]) -> list[str]:
+        # convert_ids_to_tokens maps through the target vocab when vocabs are separate
+        inv = {i: t for t, i in tok.encoder.items()}
+        return [inv[i] for i in ids]
 
     def vocab_sizes(self, tok) -> tuple[int, int]:
         v = len(tok.encoder)

@@ -348,6 +348,31 @@ pub struct GenSettings {
     pub length_penalty: f64,
     /// Token budget and repetition guard.
     pub options: GenOptions,
+    /// Which of these the job set itself; unset ones give way to the
+    /// checkpoint's `generation_config.json` (encoder-decoder models).
+    pub set: GenKeys,
+}
+
+/// Generation keys a job config set explicitly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenKeys {
+    /// `beam-size`.
+    pub beam_size: bool,
+    /// `length-penalty`.
+    pub length_penalty: bool,
+    /// `max-new-tokens`.
+    pub max_new_tokens: bool,
+}
+
+impl Default for GenSettings {
+    fn default() -> Self {
+        GenSettings {
+            beam_size: 1,
+            length_penalty: 1.0,
+            options: GenOptions::default(),
+            set: GenKeys::default(),
+        }
+    }
 }
 
 /// One `[models.NAME]` entry, validated.
@@ -771,11 +796,7 @@ impl Validator<'_> {
         g: &RawGeneration,
         parent: Option<&GenSettings>,
     ) -> Result<GenSettings> {
-        let d = parent.cloned().unwrap_or(GenSettings {
-            beam_size: 1,
-            length_penalty: 1.0,
-            options: GenOptions::default(),
-        });
+        let d = parent.cloned().unwrap_or_default();
         let s = GenSettings {
             beam_size: g.beam_size.unwrap_or(d.beam_size),
             length_penalty: g.length_penalty.unwrap_or(d.length_penalty),
@@ -783,6 +804,11 @@ impl Validator<'_> {
                 max_new_tokens: g.max_new_tokens.unwrap_or(d.options.max_new_tokens),
                 max_length_ratio: g.max_length_ratio.unwrap_or(d.options.max_length_ratio),
                 repetition_guard: g.repetition_guard.unwrap_or(d.options.repetition_guard),
+            },
+            set: GenKeys {
+                beam_size: d.set.beam_size || g.beam_size.is_some(),
+                length_penalty: d.set.length_penalty || g.length_penalty.is_some(),
+                max_new_tokens: d.set.max_new_tokens || g.max_new_tokens.is_some(),
             },
         };
         if s.beam_size == 0 {

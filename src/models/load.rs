@@ -35,9 +35,8 @@ impl LoadedModel {
             Model::Causal(m) => m.generate(task, input, opts),
             Model::Seq2Seq(m) => {
                 let settings = crate::config::GenSettings {
-                    beam_size: 1,
-                    length_penalty: 1.0,
                     options: opts.clone(),
+                    ..Default::default()
                 };
                 let (mut out, _) = m.generate_batch(task, &[input], &settings, usize::MAX)?;
                 out.pop()

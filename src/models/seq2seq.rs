@@ -380,9 +380,17 @@ impl Seq2SeqModel {
                 suppress.push(*t);
             }
         }
+        let beam_size = match d.num_beams {
+            Some(n) if !settings.set.beam_size && n >= 1 => n,
+            _ => settings.beam_size,
+        };
+        let length_penalty = match d.length_penalty {
+            Some(lp) if !settings.set.length_penalty => lp,
+            _ => settings.length_penalty,
+        };
         Ok(SearchConfig {
-            beam_size: settings.beam_size,
-            length_penalty: settings.length_penalty as f32,
+            beam_size,
+            length_penalty: length_penalty as f32,
             early_stopping: d.early_stopping(),
             decoder_start: self.ids.decoder_start,
             eos: self.ids.eos,
@@ -395,6 +403,26 @@ impl Seq2SeqModel {
             renormalize: d.renormalize_logits.unwrap_or(false),
             repetition_guard: settings.options.repetition_guard,
         })
+    }
+
+    /// The cap on new tokens: the job's `max-new-tokens` when it set one,
+    /// else the checkpoint's `max_new_tokens` or `max_length - 1` (the
+    /// decoder start counts in `max_length`), else ours; never past the
+    /// decoder's positions.
+    pub fn max_new_tokens(&self, settings: &GenSettings) -> usize {
+        let d = &self.defaults;
+        let n = if settings.set.max_new_tokens {
+            settings.options.max_new_tokens
+        } else {
+            d.max_new_tokens
+                .or(d.max_length.map(|l| l.saturating_sub(1)))
+                .unwrap_or(settings.options.max_new_tokens)
+        };
+        let n = match self.max_source_tokens {
+            Some(p) => n.min(p.saturating_sub(1)),
+            None => n,
+        };
+        n.max(1)
     }
 
     /// Generates for many inputs of one task: sorted by length, packed into
@@ -431,12 +459,13 @@ impl Seq2SeqModel {
             }
         }
         let opts = &settings.options;
+        let max_new = self.max_new_tokens(settings);
         let rows: Vec<search::Row> = encoded
             .iter()
             .map(|(_, ids)| search::Row {
                 ids: ids.clone(),
                 budget: crate::generate::decode::token_budget(
-                    opts.max_new_tokens,
+                    max_new,
                     opts.max_length_ratio,
                     ids.len(),
                 ),

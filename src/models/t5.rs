@@ -1785,6 +1785,11 @@ mod tests {
                 max_length_ratio: 2.0,
                 repetition_guard: false,
             },
+            set: crate::config::GenKeys {
+                beam_size: true,
+                length_penalty: true,
+                max_new_tokens: true,
+            },
         };
         let task = Task::Translate {
             from: lookup("en").unwrap(),
@@ -1996,6 +2001,11 @@ mod tests {
                 max_new_tokens: n,
                 max_length_ratio: 1e6,
                 repetition_guard: false,
+            },
+            set: crate::config::GenKeys {
+                beam_size: true,
+                length_penalty: true,
+                max_new_tokens: true,
             },
         };
         let mut greedy = model

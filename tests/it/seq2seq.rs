@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use tidings::config::{GenSettings, ModelSpec};
+use tidings::config::{GenKeys, GenSettings, ModelSpec};
 use tidings::generate::search::{self, Row, SearchConfig};
 use tidings::models::hub::{FetchPolicy, ModelSource};
 use tidings::models::seq2seq::{Family, Seq2SeqModel};
@@ -82,6 +82,11 @@ fn settings(beams: usize, lp: f64, max_new: usize) -> GenSettings {
             max_new_tokens: max_new,
             max_length_ratio: 1000.0,
             repetition_guard: false,
+        },
+        set: GenKeys {
+            beam_size: true,
+            length_penalty: true,
+            max_new_tokens: true,
         },
     }
 }
