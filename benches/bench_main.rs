@@ -8,4 +8,5 @@ mod benchmarks;
 criterion::criterion_main! {
     benchmarks::text::benches,
     benchmarks::io::benches,
+    benchmarks::seq2seq::benches,
 }

@@ -80,6 +80,7 @@ struct RawModel {
     source: String,
     prefix: Option<String>,
     generation: Option<RawGeneration>,
+    quantize: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -388,6 +389,37 @@ pub struct ModelSpec {
     pub prefix: String,
     /// Effective generation settings.
     pub generation: GenSettings,
+    /// Quantize the weights of an encoder-decoder model at load (`quantize`
+    /// in the job); `None` keeps the checkpoint's precision.
+    pub quantize: Option<Quantize>,
+}
+
+/// Weight quantization of encoder-decoder models, run through candle's
+/// quantized matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantize {
+    /// 8-bit blocks (`q8_0`): near-lossless.
+    Q8_0,
+    /// 4-bit k-quants (`q4k`): smaller and faster, lossier.
+    Q4K,
+}
+
+impl Quantize {
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "q8_0" | "q8" | "int8" => Some(Quantize::Q8_0),
+            "q4k" | "q4_k" => Some(Quantize::Q4K),
+            _ => None,
+        }
+    }
+
+    /// candle's block type.
+    pub fn dtype(self) -> candle_core::quantized::GgmlDType {
+        match self {
+            Quantize::Q8_0 => candle_core::quantized::GgmlDType::Q8_0,
+            Quantize::Q4K => candle_core::quantized::GgmlDType::Q4K,
+        }
+    }
 }
 
 /// The summary stage.
@@ -625,6 +657,15 @@ impl Validator<'_> {
                 Some(g) => self.generation(&format!("{key}.generation"), g, Some(&global))?,
                 None => global.clone(),
             };
+            let quantize = match m.quantize.as_deref() {
+                None | Some("none") | Some("f32") => None,
+                Some(q) => Some(Quantize::parse(q).ok_or_else(|| {
+                    self.err(
+                        format!("{key}.quantize"),
+                        format!("unknown value `{q}`; use \"q8_0\", \"q4k\" or \"none\""),
+                    )
+                })?),
+            };
             models.insert(
                 name.clone(),
                 ModelSpec {
@@ -633,6 +674,7 @@ impl Validator<'_> {
                     source,
                     prefix: m.prefix.unwrap_or_default(),
                     generation,
+                    quantize,
                 },
             );
         }

@@ -1,6 +1,7 @@
 //! Bench topics.
 
 pub mod io;
+pub mod seq2seq;
 pub mod text;
 
 /// The NTREX-128 dev articles beside the repository, or the bundled

@@ -124,8 +124,11 @@ def main():
 
     rows = []
     for f in sorted(glob.glob(os.path.join(args.results, "tidings-beam*-workers*.json"))):
-        m = re.search(r"tidings-beam(\d+)-workers(\d+)\.json$", f)
+        if f.endswith(".out.json"):
+            continue
+        m = re.search(r"tidings-beam(\d+)-workers(\d+)(-[a-z0-9_]+)?\.json$", f)
         beam, workers = int(m.group(1)), int(m.group(2))
+        quant = (m.group(3) or "-fp32")[1:]
         t = json.load(open(f))
         secs = t["stages_s"].get("translate:es")
         notes = []
@@ -152,7 +155,7 @@ def main():
             notes.append(f"MISMATCH: output_tokens {out} != {n_seg * L}")
         rows.append(
             {
-                "name": f"tidings beam {beam}, {workers} worker(s)",
+                "name": f"tidings {quant} beam {beam}, {workers} worker(s)",
                 "beam": beam,
                 "workers": workers,
                 "inputs": n_seg,

@@ -164,6 +164,7 @@ models = { es = "marian" }
 
 [models.marian]
 source = "path:$MODEL"
+quantize = "${7:-none}"
 
 [generation]
 beam-size = $2
@@ -210,11 +211,13 @@ print(p["tidings"]["beam1"]["batch_tokens"], p["tidings"]["beam4"]["batch_tokens
 
     for beam in 1 4; do
         budget=$B1; [ "$beam" = 4 ] && budget=$B4
-        for workers in 1 2; do
-            name=tidings-beam$beam-workers$workers
+        for variant in 1 2 2-q8_0; do
+            workers=${variant%%-*}
+            quant=none; [ "$variant" != "$workers" ] && quant=${variant#*-}
+            name=tidings-beam$beam-workers$variant
             job=$PEERS/jobs/$name-n$N.toml
-            write_job "$job" "$beam" "$workers" "$budget" "$NEW_TOKENS" "$RESULTS/$name.out.jsonl"
-            step "tidings beam $beam, $workers worker(s): $job"
+            write_job "$job" "$beam" "$workers" "$budget" "$NEW_TOKENS" "$RESULTS/$name.out.jsonl" "$quant"
+            step "tidings beam $beam, $workers worker(s), weights $quant: $job"
             "$BIN" validate --config "$job" >&2
             "$BIN" bench --config "$job" --json "$RESULTS/$name.json" 2> "$RESULTS/$name.log" \
                 || { cat "$RESULTS/$name.log" >&2; die "tidings bench failed ($job)"; }

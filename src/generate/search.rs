@@ -470,7 +470,8 @@ fn beam(
                 !item.improvable || (cfg.early_stopping == EarlyStopping::True && full) || all_hit;
         }
         t += 1;
-        state.select(&reorder)?;
+        // Every new row comes from a beam of the same input.
+        state.reorder_within_groups(&reorder)?;
         let keep: Vec<usize> = (0..active.len())
             .filter(|&a| !items[active[a]].done)
             .collect();

@@ -114,9 +114,39 @@ pub fn load(
     device: &candle_core::Device,
 ) -> Result<LoadedModel> {
     let files = resolve(spec, policy)?;
+    load_with(spec, &files, device)
+}
+
+/// Loads a model from files already opened (a Hub repository reached with
+/// particular [`hub::HubSettings`], for instance); files the family needs
+/// are fetched through `files`.
+pub fn load_with(
+    spec: &ModelSpec,
+    files: &ModelFiles,
+    device: &candle_core::Device,
+) -> Result<LoadedModel> {
+    let model = load_files(spec, files, device)?;
+    if spec.quantize.is_some()
+        && !matches!(&model, Model::Seq2Seq(m) if m.family != seq2seq::Family::T5)
+    {
+        return Err(Error::Model {
+            model: spec.name.clone(),
+            message: "`quantize` applies to Marian and M2M100/NLLB checkpoints; GGUF files \
+                      (causal models, T5) are quantized already"
+                .into(),
+        });
+    }
+    Ok(LoadedModel {
+        name: spec.name.clone(),
+        id: files.id().to_string(),
+        model,
+    })
+}
+
+fn load_files(spec: &ModelSpec, files: &ModelFiles, device: &candle_core::Device) -> Result<Model> {
     let model = match files.primary() {
         Some(p) if is_gguf(p) && gguf_architecture(p).as_deref() == Some("t5") => {
-            let f = t5_files(&files, files.get("config.json")?)?;
+            let f = t5_files(files, files.get("config.json")?)?;
             Model::Seq2Seq(Box::new(t5::load(&spec.name, &f, device)?))
         }
         Some(p) if is_gguf(p) => {
@@ -132,15 +162,25 @@ pub fn load(
             let config = files.get("config.json")?;
             match model_type(&spec.name, &config)?.as_str() {
                 "marian" => {
-                    let f = marian_files(&files, config)?;
-                    Model::Seq2Seq(Box::new(marian::load(&spec.name, &f, device)?))
+                    let f = marian_files(files, config)?;
+                    Model::Seq2Seq(Box::new(marian::load(
+                        &spec.name,
+                        &f,
+                        spec.quantize,
+                        device,
+                    )?))
                 }
                 "m2m_100" | "m2m100" | "nllb" => {
-                    let f = m2m100_files(&files, config)?;
-                    Model::Seq2Seq(Box::new(m2m100::load(&spec.name, &f, device)?))
+                    let f = m2m100_files(files, config)?;
+                    Model::Seq2Seq(Box::new(m2m100::load(
+                        &spec.name,
+                        &f,
+                        spec.quantize,
+                        device,
+                    )?))
                 }
                 "t5" | "mt5" => {
-                    let f = t5_files(&files, config)?;
+                    let f = t5_files(files, config)?;
                     Model::Seq2Seq(Box::new(t5::load(&spec.name, &f, device)?))
                 }
                 _ => {
@@ -150,11 +190,7 @@ pub fn load(
             }
         }
     };
-    Ok(LoadedModel {
-        name: spec.name.clone(),
-        id: files.id().to_string(),
-        model,
-    })
+    Ok(model)
 }
 
 /// `model.safetensors`, else `pytorch_model.bin`.

@@ -100,7 +100,13 @@ fn read_json<T: serde::de::DeserializeOwned>(name: &str, path: &Path) -> Result<
 }
 
 /// Loads an M2M100/NLLB checkpoint.
-pub fn load(name: &str, files: &M2M100Files, device: &Device) -> Result<Seq2SeqModel> {
+/// `quantize` runs the projections through candle's quantized matmul.
+pub fn load(
+    name: &str,
+    files: &M2M100Files,
+    quantize: Option<crate::config::Quantize>,
+    device: &Device,
+) -> Result<Seq2SeqModel> {
     let cfg: M2M100Config = read_json(name, &files.config)?;
     let activation: Activation =
         serde_json::from_value(serde_json::Value::String(cfg.activation_function.clone()))
@@ -151,6 +157,7 @@ pub fn load(name: &str, files: &M2M100Files, device: &Device) -> Result<Seq2SeqM
         scale_embedding: cfg.scale_embedding,
         pre_norm: true,
         eps: 1e-5,
+        quantize: quantize.map(|q| q.dtype()),
     };
     let names = BartNames {
         model: "model",
@@ -192,7 +199,10 @@ pub fn load(name: &str, files: &M2M100Files, device: &Device) -> Result<Seq2SeqM
         text: Arc::new(text),
         ids,
         defaults,
-        dtype: DType::F32,
+        dtype: match quantize {
+            Some(crate::config::Quantize::Q8_0) => DType::U8,
+            _ => DType::F32,
+        },
     })
 }
 

@@ -118,7 +118,13 @@ fn read_json<T: serde::de::DeserializeOwned>(name: &str, path: &Path) -> Result<
 }
 
 /// Loads a Marian checkpoint.
-pub fn load(name: &str, files: &MarianFiles, device: &Device) -> Result<Seq2SeqModel> {
+/// `quantize` runs the projections through candle's quantized matmul.
+pub fn load(
+    name: &str,
+    files: &MarianFiles,
+    quantize: Option<crate::config::Quantize>,
+    device: &Device,
+) -> Result<Seq2SeqModel> {
     let cfg: MarianConfig = read_json(name, &files.config)?;
     if cfg.normalize_embedding {
         return Err(model_err(
@@ -189,6 +195,7 @@ pub fn load(name: &str, files: &MarianFiles, device: &Device) -> Result<Seq2SeqM
         scale_embedding: cfg.scale_embedding,
         pre_norm: cfg.normalize_before,
         eps: 1e-5,
+        quantize: quantize.map(|q| q.dtype()),
     };
     let names = BartNames {
         model: "model",
@@ -240,7 +247,10 @@ pub fn load(name: &str, files: &MarianFiles, device: &Device) -> Result<Seq2SeqM
         text: Arc::new(text),
         ids,
         defaults,
-        dtype: DType::F32,
+        dtype: match quantize {
+            Some(crate::config::Quantize::Q8_0) => DType::U8,
+            _ => DType::F32,
+        },
     })
 }
 

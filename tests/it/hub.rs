@@ -247,3 +247,56 @@ fn an_unreachable_hub_suggests_offline_mode() {
         "{err}"
     );
 }
+
+#[test]
+fn an_encoder_decoder_checkpoint_loads_from_the_hub_and_then_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut settings) = setup(dir.path());
+    let fixture = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/seq2seq/marian"
+    ));
+    for f in std::fs::read_dir(fixture).unwrap() {
+        let f = f.unwrap().path();
+        let name = f.file_name().unwrap().to_str().unwrap().to_string();
+        if name != "expected.json" {
+            server.put(
+                "Helsinki-NLP/opus-mt-en-es",
+                "main",
+                &name,
+                &std::fs::read(&f).unwrap(),
+            );
+        }
+    }
+    let spec = tidings::config::ModelSpec {
+        name: "opus".into(),
+        source_text: "hf:Helsinki-NLP/opus-mt-en-es".into(),
+        source: ModelSource::parse("hf:Helsinki-NLP/opus-mt-en-es", Path::new(".")).unwrap(),
+        prefix: String::new(),
+        generation: Default::default(),
+        quantize: None,
+    };
+    let translate = |settings: &HubSettings| {
+        let files = open(
+            "hf:Helsinki-NLP/opus-mt-en-es",
+            FetchPolicy::Allow,
+            settings,
+        )
+        .unwrap();
+        let mut m = tidings::models::load_with(&spec, &files, &candle_core::Device::Cpu).unwrap();
+        assert!(m.describe().contains("family: marian"), "{}", m.describe());
+        let task = tidings::models::Task::Translate {
+            from: tidings::text::langid::lookup("en").unwrap(),
+            to: tidings::text::langid::lookup("es").unwrap(),
+        };
+        m.generate(task, "The council met on Monday.", &Default::default())
+            .unwrap()
+            .output_tokens
+    };
+    let online = translate(&settings);
+    assert!(online > 0);
+    let before = server.requests();
+    settings.offline = true;
+    assert_eq!(translate(&settings), online);
+    assert_eq!(server.requests(), before, "offline must not ask the Hub");
+}

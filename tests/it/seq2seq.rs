@@ -65,6 +65,7 @@ fn load(name: &str) -> (Seq2SeqModel, Expected) {
         source: ModelSource::Path(d.clone()),
         prefix: String::new(),
         generation: settings(1, 1.0, 64),
+        quantize: None,
     };
     let loaded = tidings::models::load(&spec, FetchPolicy::CacheOnly, &candle_core::Device::Cpu)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -416,6 +417,7 @@ fn nllb_tokenizer_from_the_sentencepiece_model_equals_tokenizer_json() {
         source: ModelSource::Path(tmp.path().to_path_buf()),
         prefix: String::new(),
         generation: settings(1, 1.0, 8),
+        quantize: None,
     };
     let loaded =
         tidings::models::load(&spec, FetchPolicy::CacheOnly, &candle_core::Device::Cpu).unwrap();
@@ -453,6 +455,7 @@ fn broken_checkpoints_are_clear_errors() {
             source: ModelSource::Path(d.to_path_buf()),
             prefix: String::new(),
             generation: settings(1, 1.0, 8),
+            quantize: None,
         };
         match tidings::models::load(&spec, FetchPolicy::CacheOnly, &candle_core::Device::Cpu) {
             Ok(_) => panic!("{} loaded", d.display()),
