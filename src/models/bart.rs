@@ -521,6 +521,27 @@ impl Seq2SeqNet for BartNet {
     }
 }
 
+/// An `Error::Model` for `name`.
+pub fn model_err(name: &str, message: String) -> Error {
+    Error::Model {
+        model: name.into(),
+        message,
+    }
+}
+
+/// Reads a checkpoint's JSON file; a bad file is an error naming model and file.
+pub fn read_json<T: serde::de::DeserializeOwned>(name: &str, path: &std::path::Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(Error::io("cannot read", path))?;
+    serde_json::from_str(&text)
+        .map_err(|e| model_err(name, format!("`{}` is not valid: {e}", path.display())))
+}
+
+/// The activation a config's `activation_function` names.
+pub fn activation(name: &str, function: &str) -> Result<Activation> {
+    serde_json::from_value(serde_json::Value::String(function.to_string()))
+        .map_err(|_| model_err(name, format!("unknown activation_function `{function}`")))
+}
+
 /// Opens a checkpoint's weights: `model.safetensors` (memory-mapped) or
 /// `pytorch_model.bin`.
 pub fn open_weights<'a>(

@@ -27,11 +27,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use candle_nn::Activation;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::models::bart::{open_weights, BartConfig, BartNames, BartNet, Positions};
+use crate::models::bart::{
+    activation, model_err, open_weights, read_json, BartConfig, BartNames, BartNet, Positions,
+};
 use crate::models::seq2seq::{
     iso639_3, sinusoidal, CheckpointGeneration, Family, Seq2SeqModel, Seq2SeqText, SpecialIds,
 };
@@ -86,19 +87,6 @@ pub struct M2M100Files {
     pub generation_config: Option<PathBuf>,
 }
 
-fn model_err(name: &str, message: String) -> Error {
-    Error::Model {
-        model: name.into(),
-        message,
-    }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(name: &str, path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(Error::io("cannot read", path))?;
-    serde_json::from_str(&text)
-        .map_err(|e| model_err(name, format!("`{}` is not valid: {e}", path.display())))
-}
-
 /// Loads an M2M100/NLLB checkpoint.
 /// `quantize` runs the projections through candle's quantized matmul.
 pub fn load(
@@ -108,14 +96,7 @@ pub fn load(
     device: &Device,
 ) -> Result<Seq2SeqModel> {
     let cfg: M2M100Config = read_json(name, &files.config)?;
-    let activation: Activation =
-        serde_json::from_value(serde_json::Value::String(cfg.activation_function.clone()))
-            .map_err(|_| {
-                model_err(
-                    name,
-                    format!("unknown activation_function `{}`", cfg.activation_function),
-                )
-            })?;
+    let activation = activation(name, &cfg.activation_function)?;
     let text = NllbText::load(name, files)?;
     let defaults = CheckpointGeneration::read(name, files.generation_config.as_deref())?;
     let pad = defaults.pad_token_id.or(cfg.pad_token_id).unwrap_or(1);

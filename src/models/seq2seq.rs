@@ -154,14 +154,16 @@ impl DecoderState {
         self.cross_bias.dim(0).unwrap_or(0)
     }
 
+    fn is_identity(&self, rows: &[u32]) -> bool {
+        rows.len() == self.rows() && rows.iter().enumerate().all(|(i, &r)| i == r as usize)
+    }
+
     /// Reorders rows within groups that share an encoder input (beam
     /// search's per-step reorder, where every new row comes from a beam of
     /// the same input): only the self-attention caches move; the
     /// cross-attention keys and values, identical within a group, stay.
     pub fn reorder_within_groups(&mut self, rows: &[u32]) -> candle_core::Result<()> {
-        let identity =
-            rows.len() == self.rows() && rows.iter().enumerate().all(|(i, &r)| i == r as usize);
-        if identity {
+        if self.is_identity(rows) {
             return Ok(());
         }
         let idx = Tensor::new(rows, self.cross_bias.device())?;
@@ -175,9 +177,7 @@ impl DecoderState {
     /// Keeps the given rows, in the given order (repeats allowed): drops
     /// finished rows, reorders beams.
     pub fn select(&mut self, rows: &[u32]) -> candle_core::Result<()> {
-        let identity =
-            rows.len() == self.rows() && rows.iter().enumerate().all(|(i, &r)| i == r as usize);
-        if identity {
+        if self.is_identity(rows) {
             return Ok(());
         }
         let idx = Tensor::new(rows, self.cross_bias.device())?;

@@ -502,3 +502,54 @@ fn a_source_longer_than_the_positions_fails_that_record() {
     assert!(err.contains("at most") && err.contains("marian"), "{err}");
     assert!(out[1].is_ok());
 }
+
+#[test]
+fn bench_reports_stage_throughput_batch_fill_and_chrf_against_references() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("refs.jsonl");
+    let records = [
+        serde_json::json!({"id": "a", "title": "Rain", "text": "Heavy rain fell on Monday. Roads were closed.",
+            "references": {"es": ["Fuertes lluvias cayeron el lunes.", "Las carreteras se cerraron."]}}),
+        serde_json::json!({"id": "b", "title": "Council", "text": "The council met to discuss the budget.",
+            "references": {"es": ["El consejo se reunió para hablar del presupuesto."]}}),
+    ];
+    std::fs::write(
+        &input,
+        records.iter().map(|r| format!("{r}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let cfg = tmp.path().join("job.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[input]\npath = \"{}\"\nlang = \"en\"\n[output]\npath = \"out/o.jsonl\"\n\
+             [translate]\ntargets = [\"es\"]\nfields = [\"text\"]\nmodels = {{ es = \"opus\" }}\n\
+             [models.opus]\nsource = \"path:{}\"\n[generation]\nmax-new-tokens = 8\n",
+            input.display(),
+            dir("marian").display()
+        ),
+    )
+    .unwrap();
+    let json = tmp.path().join("bench.json");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["bench", "--config"])
+        .arg(&cfg)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("chrF2 es"), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["chrf"]["es"]["articles"], 2);
+    let chrf = report["chrf"]["es"]["chrf"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&chrf));
+    let stage = &report["model_stages"][0];
+    assert_eq!(stage["stage"], "translate:es");
+    assert_eq!(stage["articles"], 2);
+    assert!(stage["output_tokens"].as_u64().unwrap() > 0);
+    let fill = stage["batch_fill"].as_f64().unwrap();
+    assert!(fill > 0.0 && fill <= 1.0, "{fill}");
+}
