@@ -29,13 +29,13 @@
 //! names it (`target_lang`), other targets are refused.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::bart::{
     activation, model_err, open_weights, read_json, BartConfig, BartNames, BartNet, Positions,
 };
