@@ -553,3 +553,61 @@ fn bench_reports_stage_throughput_batch_fill_and_chrf_against_references() {
     let fill = stage["batch_fill"].as_f64().unwrap();
     assert!(fill > 0.0 && fill <= 1.0, "{fill}");
 }
+
+#[test]
+fn quantized_marian_stays_close_to_float32() {
+    let (m, e) = load("marian");
+    let d = dir("marian");
+    let spec = ModelSpec {
+        name: "marian-q8".into(),
+        source_text: "path:".into(),
+        source: ModelSource::Path(d),
+        prefix: String::new(),
+        generation: settings(1, 1.0, 8),
+        quantize: Some(tidings::config::Quantize::Q8_0),
+    };
+    let loaded =
+        tidings::models::load(&spec, FetchPolicy::CacheOnly, &candle_core::Device::Cpu).unwrap();
+    let Model::Seq2Seq(q) = loaded.model else {
+        panic!("not seq2seq")
+    };
+    assert!(q.describe().contains("U8"), "{}", q.describe());
+    let dev = candle_core::Device::Cpu;
+    // Few rows (quantized output head) and many rows (dense head).
+    for copies in [1usize, 64] {
+        let c = &e.cases[0];
+        let rows: Vec<Row> = (0..copies)
+            .map(|_| Row {
+                ids: c.input_ids.clone(),
+                budget: 4,
+            })
+            .collect();
+        let (ids, mask) = search::pad_batch(&rows, m.ids.pad, &dev).unwrap();
+        let tok = candle_core::Tensor::new(vec![c.greedy[0]; copies].as_slice(), &dev).unwrap();
+        let step = |net: &dyn tidings::models::seq2seq::Seq2SeqNet| {
+            let enc = net.encode(&ids, &mask).unwrap();
+            let mut st = net.start(&enc, &mask, 4).unwrap();
+            net.step(&mut st, &tok).unwrap().to_vec2::<f32>().unwrap()
+        };
+        let (a, b) = (step(m.net.as_ref()), step(q.net.as_ref()));
+        let range = a[0].iter().fold(0f32, |x, y| x.max(y.abs()));
+        // A 32-wide toy model is one quantization block per row, so the
+        // error is larger than on real sizes; wiring mistakes (a transposed
+        // or misplaced weight) give unrelated logits, which this catches.
+        for (ra, rb) in a.iter().zip(&b) {
+            let worst = ra
+                .iter()
+                .zip(rb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 0.25 * range,
+                "{copies} rows: {worst} vs range {range}"
+            );
+            let dot: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let cos = dot / (norm(ra) * norm(rb));
+            assert!(cos > 0.97, "{copies} rows: cosine {cos}");
+        }
+    }
+}
