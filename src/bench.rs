@@ -176,6 +176,11 @@ pub fn run(job: &Job, articles: Option<u64>) -> Result<BenchReport> {
     let device = job.runtime.device.open()?;
     let mut raw = Vec::new();
     for spec in job.used_models() {
+        // Only causal models have a raw speed to report: do not load the
+        // others a second time.
+        if !crate::models::is_causal(spec, FetchPolicy::CacheOnly)? {
+            continue;
+        }
         let loaded = crate::models::load(spec, FetchPolicy::CacheOnly, &device)?;
         if let Model::Causal(mut m) = loaded.model {
             raw.push(raw_speed(&spec.name, m.as_mut(), 64, 64)?);

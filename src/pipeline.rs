@@ -813,24 +813,9 @@ impl Workers {
                 *results[i].lock().expect("result lock") = Some(r);
             }
         };
-        if self.count <= 1 || units.len() <= 1 {
-            work(0);
-        } else {
-            std::thread::scope(|s| {
-                for w in 0..self.count {
-                    let work = &work;
-                    s.spawn(move || work(w));
-                }
-            });
-        }
-        results
-            .into_iter()
-            .map(|r| {
-                r.into_inner()
-                    .expect("result lock")
-                    .expect("every unit ran")
-            })
-            .collect()
+        let workers = if units.len() <= 1 { 1 } else { self.count };
+        spread(workers, &work);
+        collect(results)
     }
 }
 
@@ -901,25 +886,35 @@ impl Workers {
                 }
             }
         };
-        if workers <= 1 {
-            work(0);
-        } else {
-            std::thread::scope(|s| {
-                for w in 0..workers {
-                    let work = &work;
-                    s.spawn(move || work(w));
-                }
-            });
-        }
-        results
-            .into_iter()
-            .map(|r| {
-                r.into_inner()
-                    .expect("result lock")
-                    .expect("every unit ran")
-            })
-            .collect()
+        spread(workers, &work);
+        collect(results)
     }
+}
+
+/// Runs `work(w)` for each worker `w`, on scoped threads when there are
+/// several (one worker runs on the calling thread).
+fn spread(workers: usize, work: &(dyn Fn(usize) + Sync)) {
+    if workers <= 1 {
+        work(0);
+    } else {
+        std::thread::scope(|s| {
+            for w in 0..workers {
+                s.spawn(move || work(w));
+            }
+        });
+    }
+}
+
+/// The per-unit results the workers filled in, in unit order.
+fn collect(results: Vec<Mutex<Option<UnitResult>>>) -> Vec<UnitResult> {
+    results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .expect("result lock")
+                .expect("every unit ran")
+        })
+        .collect()
 }
 
 /// Progress bar on stderr (only when it is a terminal and not disabled).

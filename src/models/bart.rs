@@ -432,8 +432,19 @@ impl BartNet {
         x.broadcast_add(&pos)
     }
 
-    fn norm(&self, ln: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
-        ln.forward(x)
+    /// One residual block: `x + f(norm(x))` with norms before the block
+    /// (M2M100), `norm(x + f(x))` with norms after it (Marian).
+    fn residual(
+        &self,
+        ln: &LayerNorm,
+        x: &Tensor,
+        f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        if self.cfg.pre_norm {
+            x + f(&ln.forward(x)?)?
+        } else {
+            ln.forward(&(x + f(x)?)?)
+        }
     }
 }
 
@@ -442,31 +453,14 @@ impl Seq2SeqNet for BartNet {
         let bias = key_bias(mask)?;
         let mut x = self.embed(&self.enc_embed, ids, 0)?;
         for l in &self.encoder {
-            let pre = self.cfg.pre_norm;
-            let h = if pre {
-                self.norm(&l.attn_norm, &x)?
-            } else {
-                x.clone()
-            };
-            let q = l.attn.query(&h)?;
-            let (k, v) = l.attn.keys_values(&h)?;
-            let a = l
-                .attn
-                .out
-                .forward(&merge_heads(&attend(&q, &k, &v, Some(&bias))?)?)?;
-            x = (x + a)?;
-            if !pre {
-                x = self.norm(&l.attn_norm, &x)?;
-            }
-            let h = if pre {
-                self.norm(&l.ffn_norm, &x)?
-            } else {
-                x.clone()
-            };
-            x = (x + l.ffn.forward(&h)?)?;
-            if !pre {
-                x = self.norm(&l.ffn_norm, &x)?;
-            }
+            x = self.residual(&l.attn_norm, &x, |h| {
+                let q = l.attn.query(h)?;
+                let (k, v) = l.attn.keys_values(h)?;
+                l.attn
+                    .out
+                    .forward(&merge_heads(&attend(&q, &k, &v, Some(&bias))?)?)
+            })?;
+            x = self.residual(&l.ffn_norm, &x, |h| l.ffn.forward(h))?;
         }
         match &self.enc_final {
             Some(ln) => ln.forward(&x),
@@ -497,44 +491,21 @@ impl Seq2SeqNet for BartNet {
         let rows = tokens.dim(0)?;
         let pos = state.len;
         let mut x = self.embed(&self.dec_embed, &tokens.reshape((rows, 1))?, pos)?;
-        let pre = self.cfg.pre_norm;
         for (l, cache) in self.decoder.iter().zip(state.layers.iter_mut()) {
-            let h = if pre {
-                self.norm(&l.attn_norm, &x)?
-            } else {
-                x.clone()
-            };
-            let q = l.attn.query(&h)?;
-            let (k, v) = l.attn.keys_values(&h)?;
-            let (k, v) = cache.append(&k, &v, pos)?;
-            let a = l
-                .attn
-                .out
-                .forward(&merge_heads(&attend(&q, &k, &v, None)?)?)?;
-            x = (x + a)?;
-            if !pre {
-                x = self.norm(&l.attn_norm, &x)?;
-            }
-            let h = if pre {
-                self.norm(&l.cross_norm, &x)?
-            } else {
-                x.clone()
-            };
-            let q = l.cross.query(&h)?;
-            let a = attend(&q, &cache.cross_k, &cache.cross_v, Some(&state.cross_bias))?;
-            x = (x + l.cross.out.forward(&merge_heads(&a)?)?)?;
-            if !pre {
-                x = self.norm(&l.cross_norm, &x)?;
-            }
-            let h = if pre {
-                self.norm(&l.ffn_norm, &x)?
-            } else {
-                x.clone()
-            };
-            x = (x + l.ffn.forward(&h)?)?;
-            if !pre {
-                x = self.norm(&l.ffn_norm, &x)?;
-            }
+            x = self.residual(&l.attn_norm, &x, |h| {
+                let q = l.attn.query(h)?;
+                let (k, v) = l.attn.keys_values(h)?;
+                let (k, v) = cache.append(&k, &v, pos)?;
+                l.attn
+                    .out
+                    .forward(&merge_heads(&attend(&q, &k, &v, None)?)?)
+            })?;
+            x = self.residual(&l.cross_norm, &x, |h| {
+                let q = l.cross.query(h)?;
+                let a = attend(&q, &cache.cross_k, &cache.cross_v, Some(&state.cross_bias))?;
+                l.cross.out.forward(&merge_heads(&a)?)
+            })?;
+            x = self.residual(&l.ffn_norm, &x, |h| l.ffn.forward(h))?;
         }
         state.len += 1;
         let x = match &self.dec_final {
@@ -568,9 +539,103 @@ pub fn read_json<T: serde::de::DeserializeOwned>(name: &str, path: &std::path::P
 }
 
 /// The activation a config's `activation_function` names.
-pub fn activation(name: &str, function: &str) -> Result<Activation> {
+fn activation(name: &str, function: &str) -> Result<Activation> {
     serde_json::from_value(serde_json::Value::String(function.to_string()))
         .map_err(|_| model_err(name, format!("unknown activation_function `{function}`")))
+}
+
+/// The `config.json` keys Marian and M2M100 share.
+#[derive(Debug, serde::Deserialize)]
+pub struct BartShape {
+    d_model: usize,
+    encoder_layers: usize,
+    decoder_layers: usize,
+    encoder_attention_heads: usize,
+    decoder_attention_heads: usize,
+    encoder_ffn_dim: usize,
+    decoder_ffn_dim: usize,
+    activation_function: Option<String>,
+    max_position_embeddings: Option<usize>,
+    #[serde(default = "yes")]
+    scale_embedding: bool,
+    /// Padding id, when the config names one.
+    pub pad_token_id: Option<u32>,
+    /// End-of-sequence id, when the config names one.
+    pub eos_token_id: Option<u32>,
+    /// First decoder token, when the config names one.
+    pub decoder_start_token_id: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl BartShape {
+    /// Hidden width.
+    pub fn d_model(&self) -> usize {
+        self.d_model
+    }
+
+    /// Positions the model was trained for (`default` when unset).
+    pub fn max_positions(&self, default: usize) -> usize {
+        self.max_position_embeddings.unwrap_or(default)
+    }
+
+    /// The stack's configuration; `activation_default` is the family's
+    /// activation when the config names none.
+    pub fn config(
+        &self,
+        name: &str,
+        activation_default: &str,
+        pre_norm: bool,
+        quantize: Option<crate::config::Quantize>,
+    ) -> Result<BartConfig> {
+        Ok(BartConfig {
+            d_model: self.d_model,
+            encoder_layers: self.encoder_layers,
+            decoder_layers: self.decoder_layers,
+            encoder_heads: self.encoder_attention_heads,
+            decoder_heads: self.decoder_attention_heads,
+            encoder_ffn: self.encoder_ffn_dim,
+            decoder_ffn: self.decoder_ffn_dim,
+            activation: activation(
+                name,
+                self.activation_function
+                    .as_deref()
+                    .unwrap_or(activation_default),
+            )?,
+            scale_embedding: self.scale_embedding,
+            pre_norm,
+            eps: 1e-5,
+            quantize: quantize.map(|q| q.dtype()),
+        })
+    }
+}
+
+/// Loads the network, turning a missing or misshapen tensor into an error
+/// that names the model and the weights file.
+pub fn load_net(
+    name: &str,
+    weights: &std::path::Path,
+    cfg: BartConfig,
+    vb: VarBuilder,
+    names: &BartNames,
+    positions: Positions,
+) -> Result<BartNet> {
+    BartNet::load(cfg, vb, names, positions).map_err(|e| {
+        model_err(
+            name,
+            format!("`{}` does not fit config.json: {e}", weights.display()),
+        )
+    })
+}
+
+/// The dtype `tidings models inspect` reports for the weights.
+pub fn weight_dtype(quantize: Option<crate::config::Quantize>) -> DType {
+    match quantize {
+        Some(crate::config::Quantize::Q8_0) => DType::U8,
+        _ => DType::F32,
+    }
 }
 
 /// Opens a checkpoint's weights: `model.safetensors` (memory-mapped) or

@@ -230,6 +230,16 @@ fn m2m100_files(files: &ModelFiles, config: std::path::PathBuf) -> Result<m2m100
     })
 }
 
+/// Whether a model's files are a decoder-only GGUF model (the kind
+/// [`crate::bench`] measures raw prefill/decode speed of), without loading
+/// weights.
+pub fn is_causal(spec: &ModelSpec, policy: FetchPolicy) -> Result<bool> {
+    let files = ModelFiles::open(&spec.name, &spec.source, policy)?;
+    Ok(files
+        .primary()
+        .is_some_and(|p| is_gguf(p) && gguf_architecture(p).as_deref() != Some("t5")))
+}
+
 /// The `general.architecture` of a GGUF file (`None` when unreadable; the
 /// causal loader then reports the problem).
 fn gguf_architecture(path: &std::path::Path) -> Option<String> {

@@ -26,12 +26,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde::Deserialize;
 
 use crate::error::Result;
 use crate::models::bart::{
-    activation, model_err, open_weights, read_json, BartConfig, BartNames, BartNet, Positions,
+    load_net, model_err, open_weights, read_json, weight_dtype, BartNames, BartShape, Positions,
 };
 use crate::models::seq2seq::{
     iso639_3, sinusoidal, CheckpointGeneration, Family, Seq2SeqModel, Seq2SeqText, SpecialIds,
@@ -39,36 +39,6 @@ use crate::models::seq2seq::{
 use crate::models::spm::SpmModel;
 use crate::models::Task;
 use crate::text::langid::Language;
-
-#[derive(Debug, Deserialize)]
-struct M2M100Config {
-    d_model: usize,
-    encoder_layers: usize,
-    decoder_layers: usize,
-    encoder_attention_heads: usize,
-    decoder_attention_heads: usize,
-    encoder_ffn_dim: usize,
-    decoder_ffn_dim: usize,
-    #[serde(default = "default_activation")]
-    activation_function: String,
-    #[serde(default = "default_positions")]
-    max_position_embeddings: usize,
-    #[serde(default = "yes")]
-    scale_embedding: bool,
-    pad_token_id: Option<u32>,
-    eos_token_id: Option<u32>,
-    decoder_start_token_id: Option<u32>,
-}
-
-fn default_activation() -> String {
-    "relu".into()
-}
-fn default_positions() -> usize {
-    1024
-}
-fn yes() -> bool {
-    true
-}
 
 /// The files of an M2M100/NLLB checkpoint.
 #[derive(Debug, Clone)]
@@ -95,17 +65,18 @@ pub fn load(
     quantize: Option<crate::config::Quantize>,
     device: &Device,
 ) -> Result<Seq2SeqModel> {
-    let cfg: M2M100Config = read_json(name, &files.config)?;
-    let activation = activation(name, &cfg.activation_function)?;
+    let cfg: BartShape = read_json(name, &files.config)?;
+    let bart = cfg.config(name, "relu", true, quantize)?;
+    let max_positions = cfg.max_positions(1024);
     let text = NllbText::load(name, files)?;
     let defaults = CheckpointGeneration::read(name, files.generation_config.as_deref())?;
     let pad = defaults.pad_token_id.or(cfg.pad_token_id).unwrap_or(1);
     let offset = pad as usize + 1;
     let positions = Positions {
         table: sinusoidal(
-            cfg.max_position_embeddings + offset,
-            cfg.d_model,
-            (cfg.d_model / 2) as f64 - 1.0,
+            max_positions + offset,
+            cfg.d_model(),
+            (cfg.d_model() / 2) as f64 - 1.0,
             device,
         )
         .map_err(|e| model_err(name, e.to_string()))?,
@@ -126,20 +97,6 @@ pub fn load(
             format!("`{}` has no `model.shared.weight`", files.weights.display()),
         )
     })?;
-    let bart = BartConfig {
-        d_model: cfg.d_model,
-        encoder_layers: cfg.encoder_layers,
-        decoder_layers: cfg.decoder_layers,
-        encoder_heads: cfg.encoder_attention_heads,
-        decoder_heads: cfg.decoder_attention_heads,
-        encoder_ffn: cfg.encoder_ffn_dim,
-        decoder_ffn: cfg.decoder_ffn_dim,
-        activation,
-        scale_embedding: cfg.scale_embedding,
-        pre_norm: true,
-        eps: 1e-5,
-        quantize: quantize.map(|q| q.dtype()),
-    };
     let names = BartNames {
         model: "model",
         enc_embed: embed.into(),
@@ -147,15 +104,7 @@ pub fn load(
         lm_head: Some("lm_head.weight".into()),
         logits_bias: None,
     };
-    let net = BartNet::load(bart, vb, &names, positions).map_err(|e| {
-        model_err(
-            name,
-            format!(
-                "`{}` does not fit config.json: {e}",
-                files.weights.display()
-            ),
-        )
-    })?;
+    let net = load_net(name, &files.weights, bart, vb, &names, positions)?;
     let eos = defaults
         .eos_token_id
         .as_ref()
@@ -175,15 +124,12 @@ pub fn load(
         family: Family::M2M100,
         parameters: net.parameters(),
         vocab: net.vocab(),
-        max_source_tokens: Some(cfg.max_position_embeddings),
+        max_source_tokens: Some(max_positions),
         net: Arc::new(net),
         text: Arc::new(text),
         ids,
         defaults,
-        dtype: match quantize {
-            Some(crate::config::Quantize::Q8_0) => DType::U8,
-            _ => DType::F32,
-        },
+        dtype: weight_dtype(quantize),
     })
 }
 

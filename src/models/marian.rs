@@ -32,12 +32,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde::Deserialize;
 
 use crate::error::Result;
 use crate::models::bart::{
-    activation, model_err, open_weights, read_json, BartConfig, BartNames, BartNet, Positions,
+    load_net, model_err, open_weights, read_json, weight_dtype, BartNames, BartShape, Positions,
 };
 use crate::models::seq2seq::{
     iso639_3, sinusoidal, CheckpointGeneration, Family, Seq2SeqModel, Seq2SeqText, SpecialIds,
@@ -48,38 +48,18 @@ use crate::text::langid::Language;
 
 #[derive(Debug, Deserialize)]
 struct MarianConfig {
-    d_model: usize,
-    encoder_layers: usize,
-    decoder_layers: usize,
-    encoder_attention_heads: usize,
-    decoder_attention_heads: usize,
-    encoder_ffn_dim: usize,
-    decoder_ffn_dim: usize,
-    #[serde(default = "default_activation")]
-    activation_function: String,
-    #[serde(default = "default_positions")]
-    max_position_embeddings: usize,
-    #[serde(default = "yes")]
-    scale_embedding: bool,
+    #[serde(flatten)]
+    shape: BartShape,
     #[serde(default)]
     normalize_before: bool,
     #[serde(default)]
     normalize_embedding: bool,
     #[serde(default)]
     static_position_embeddings: Option<bool>,
-    pad_token_id: Option<u32>,
-    eos_token_id: Option<u32>,
-    decoder_start_token_id: Option<u32>,
     #[serde(default = "yes")]
     share_encoder_decoder_embeddings: bool,
 }
 
-fn default_activation() -> String {
-    "swish".into()
-}
-fn default_positions() -> usize {
-    512
-}
 fn yes() -> bool {
     true
 }
@@ -126,7 +106,13 @@ pub fn load(
             "Marian checkpoints with learned position embeddings are not supported".into(),
         ));
     }
-    let activation = activation(name, &cfg.activation_function)?;
+    if cfg.normalize_before {
+        return Err(model_err(
+            name,
+            "Marian checkpoints with `normalize_before = true` are not supported".into(),
+        ));
+    }
+    let bart = cfg.shape.config(name, "swish", false, quantize)?;
     let text = MarianText::load(name, files)?;
     let vb = open_weights(name, &files.weights, device)?;
     let has = |n: &str| vb.contains_tensor(n);
@@ -156,27 +142,13 @@ pub fn load(
     };
     let positions = Positions {
         table: sinusoidal(
-            cfg.max_position_embeddings,
-            cfg.d_model,
-            (cfg.d_model / 2) as f64,
+            cfg.shape.max_positions(512),
+            cfg.shape.d_model(),
+            (cfg.shape.d_model() / 2) as f64,
             device,
         )
         .map_err(|e| model_err(name, e.to_string()))?,
         offset: 0,
-    };
-    let bart = BartConfig {
-        d_model: cfg.d_model,
-        encoder_layers: cfg.encoder_layers,
-        decoder_layers: cfg.decoder_layers,
-        encoder_heads: cfg.encoder_attention_heads,
-        decoder_heads: cfg.decoder_attention_heads,
-        encoder_ffn: cfg.encoder_ffn_dim,
-        decoder_ffn: cfg.decoder_ffn_dim,
-        activation,
-        scale_embedding: cfg.scale_embedding,
-        pre_norm: cfg.normalize_before,
-        eps: 1e-5,
-        quantize: quantize.map(|q| q.dtype()),
     };
     let names = BartNames {
         model: "model",
@@ -185,36 +157,22 @@ pub fn load(
         lm_head: Some("lm_head.weight".into()),
         logits_bias: Some("final_logits_bias".into()),
     };
-    if cfg.normalize_before {
-        return Err(model_err(
-            name,
-            "Marian checkpoints with `normalize_before = true` are not supported".into(),
-        ));
-    }
-    let net = BartNet::load(bart, vb, &names, positions).map_err(|e| {
-        model_err(
-            name,
-            format!(
-                "`{}` does not fit config.json: {e}",
-                files.weights.display()
-            ),
-        )
-    })?;
+    let net = load_net(name, &files.weights, bart, vb, &names, positions)?;
     let defaults = CheckpointGeneration::read(name, files.generation_config.as_deref())?;
     let pad = defaults
         .pad_token_id
-        .or(cfg.pad_token_id)
+        .or(cfg.shape.pad_token_id)
         .unwrap_or(text.pad);
     let ids = SpecialIds {
         decoder_start: defaults
             .decoder_start_token_id
-            .or(cfg.decoder_start_token_id)
+            .or(cfg.shape.decoder_start_token_id)
             .unwrap_or(pad),
         eos: defaults
             .eos_token_id
             .as_ref()
             .and_then(|e| e.first())
-            .or(cfg.eos_token_id)
+            .or(cfg.shape.eos_token_id)
             .unwrap_or(text.eos),
         pad,
     };
@@ -228,10 +186,7 @@ pub fn load(
         text: Arc::new(text),
         ids,
         defaults,
-        dtype: match quantize {
-            Some(crate::config::Quantize::Q8_0) => DType::U8,
-            _ => DType::F32,
-        },
+        dtype: weight_dtype(quantize),
     })
 }
 
