@@ -332,6 +332,108 @@ pub struct CausalModel {
     weights: Weights,
     primed: Vec<Primed>,
     prefix_reuse: bool,
+    /// The batch in the KV cache, when it holds several sequences.
+    rows: Option<RowBatch>,
+    /// Next positions of the sequences of [`CausalModel::forward_rows`].
+    row_positions: Vec<usize>,
+}
+
+/// One input made ready for decoding.
+struct Prepared {
+    task: Task,
+    /// The input as it went into the prompt (trimmed, maybe cut).
+    input: String,
+    prompt: Vec<u32>,
+    /// Leading prompt tokens equal to the task's tokenized prompt head.
+    shared_prefix: usize,
+    budget: usize,
+    repetition_guard: bool,
+    single_paragraph: bool,
+}
+
+/// The stopping rules of one sequence, token by token (see the module docs).
+struct RowDecode {
+    out: Vec<u32>,
+    generated: usize,
+    guard: RepetitionGuard,
+    cut_text: Option<String>,
+    budget: usize,
+    /// Position of the next token fed to the model.
+    pos: usize,
+    repetition_guard: bool,
+    single_paragraph: bool,
+}
+
+impl RowDecode {
+    fn new(p: &Prepared) -> Self {
+        RowDecode {
+            out: Vec::new(),
+            generated: 0,
+            guard: RepetitionGuard::default(),
+            cut_text: None,
+            budget: p.budget,
+            pos: p.prompt.len(),
+            repetition_guard: p.repetition_guard,
+            single_paragraph: p.single_paragraph,
+        }
+    }
+
+    /// Takes the greedy choice `next`; `Some` when the sequence ends here.
+    fn push(&mut self, next: u32, shared: &Shared) -> Result<Option<Finish>> {
+        if shared.stops.contains(next) {
+            return Ok(Some(Finish::Stop));
+        }
+        self.out.push(next);
+        self.generated += 1;
+        if self.repetition_guard {
+            if let Some(found) = self.guard.push(next) {
+                self.out.truncate(self.out.len() - found.excess());
+                return Ok(Some(Finish::Loop));
+            }
+        }
+        if self.single_paragraph && shared.text_of(&[next])?.contains('\n') {
+            let text = shared.text_of(&without_think(&self.out, shared.think))?;
+            if let Some(end) = first_paragraph_end(&text) {
+                self.cut_text = Some(text[..end].to_string());
+                return Ok(Some(Finish::Commentary));
+            }
+        }
+        if self.generated >= self.budget {
+            return Ok(Some(Finish::Budget));
+        }
+        if self.pos + 1 >= shared.context_length {
+            return Ok(Some(Finish::Context));
+        }
+        Ok(None)
+    }
+
+    /// The raw generated text.
+    fn text(&mut self, shared: &Shared) -> Result<String> {
+        match self.cut_text.take() {
+            Some(text) => Ok(text),
+            None => shared.text_of(&without_think(&self.out, shared.think)),
+        }
+    }
+}
+
+impl Shared {
+    fn text_of(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(Error::tokenizer(&self.name, "failed to decode tokens"))
+    }
+}
+
+/// Layout of the batch in the KV cache: the one shared prefix, then each
+/// row's left padding (masked), then its tokens.
+#[derive(Debug, Clone)]
+struct RowBatch {
+    /// First pad slot (the length of the shared prefix).
+    pad_from: usize,
+    /// Pad slots per cache row.
+    pads: Vec<usize>,
+    /// Cached positions per row (prefix, pads and tokens).
+    width: usize,
 }
 
 /// Why a generation ended (for logs).
@@ -456,6 +558,8 @@ impl CausalModel {
             weights,
             primed: Vec::new(),
             prefix_reuse: true,
+            rows: None,
+            row_positions: Vec::new(),
         })
     }
 
@@ -513,6 +617,99 @@ impl CausalModel {
     /// Runs one task on one input text (see the module docs for the prompt,
     /// the budget, the stopping rules and the cleaning).
     pub fn generate(&mut self, task: Task, input: &str, opts: &GenOptions) -> Result<Generation> {
+        let Some(p) = self.prepare(task, input, opts)? else {
+            return Ok(Generation::default());
+        };
+        let (text, generated, finish) = self.decode(&p)?;
+        Ok(self.finish(&p, text, generated, finish))
+    }
+
+    /// Whether [`CausalModel::generate_batch`] decodes several sequences in
+    /// one pass for this file (Qwen2 and dense Llama files); other families
+    /// run one input at a time.
+    pub fn batches(&self) -> bool {
+        matches!(self.weights, Weights::Decoder(_))
+    }
+
+    /// Runs one task on many inputs: sorted by prompt length and decoded
+    /// together in batches of at most `max_rows` sequences and
+    /// `batch_tokens` prompt tokens (rows times the longest prompt), with
+    /// left padding inside each batch after the shared prompt prefix (see
+    /// the module docs). Results come back in input order; a failed batch
+    /// fails its inputs only. Families without batched decoding, and
+    /// `max_rows <= 1`, run the inputs one by one through
+    /// [`CausalModel::generate`].
+    pub fn generate_batch(
+        &mut self,
+        task: Task,
+        inputs: &[&str],
+        opts: &GenOptions,
+        max_rows: usize,
+        batch_tokens: usize,
+    ) -> Vec<Result<Generation>> {
+        if !self.batches() || max_rows <= 1 || inputs.len() <= 1 {
+            return inputs
+                .iter()
+                .map(|input| self.generate(task, input, opts))
+                .collect();
+        }
+        let mut results: Vec<Option<Result<Generation>>> = inputs.iter().map(|_| None).collect();
+        let mut prepared = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            match self.prepare(task, input, opts) {
+                Ok(Some(p)) => prepared.push((i, p)),
+                Ok(None) => results[i] = Some(Ok(Generation::default())),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        prepared.sort_by_key(|(_, p)| p.prompt.len());
+        let mut rest = prepared.as_slice();
+        while !rest.is_empty() {
+            let mut rows = 1;
+            while rows < rest.len()
+                && rows < max_rows
+                && (rows + 1) * rest[rows].1.prompt.len() <= batch_tokens
+            {
+                rows += 1;
+            }
+            let (batch, tail) = rest.split_at(rows);
+            rest = tail;
+            let preps: Vec<&Prepared> = batch.iter().map(|(_, p)| p).collect();
+            match self.decode_rows(&preps) {
+                Ok(outs) => {
+                    for ((i, p), (text, generated, finish)) in batch.iter().zip(outs) {
+                        results[*i] = Some(Ok(self.finish(p, text, generated, finish)));
+                    }
+                }
+                Err(e) => {
+                    // Every input of the batch gets the whole error.
+                    let mut message = String::new();
+                    let mut source: Option<&dyn std::error::Error> = Some(&e);
+                    while let Some(err) = source {
+                        if !message.is_empty() {
+                            message.push_str(": ");
+                        }
+                        message.push_str(&err.to_string());
+                        source = err.source();
+                    }
+                    for (i, _) in batch {
+                        results[*i] = Some(Err(Error::Model {
+                            model: self.shared.name.clone(),
+                            message: format!("batched decoding failed: {message}"),
+                        }));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every input has a result"))
+            .collect()
+    }
+
+    /// The prompt and limits of one input, or `None` when there is nothing
+    /// to generate (empty input or no budget).
+    fn prepare(&self, task: Task, input: &str, opts: &GenOptions) -> Result<Option<Prepared>> {
         let input = input.trim();
         let source_tokens = self.count_tokens(input)?;
         let mut budget = token_budget(opts.max_new_tokens, opts.max_length_ratio, source_tokens);
@@ -522,11 +719,7 @@ impl CausalModel {
         let (system, instruction) = instructions(task);
         let (head, tail) = self.shared.format.wrap(system, &instruction);
         if budget == 0 || input.is_empty() {
-            return Ok(Generation {
-                text: String::new(),
-                input_tokens: 0,
-                output_tokens: 0,
-            });
+            return Ok(None);
         }
 
         let prefix = self.encode_prompt(&head)?;
@@ -563,81 +756,258 @@ impl CausalModel {
             .zip(&prompt)
             .take_while(|(a, b)| a == b)
             .count();
-
-        let single_paragraph = matches!(task, Task::Translate { .. }) && !input.contains("\n\n");
-        let (text, generated, finish) = self.decode(
-            &prompt,
+        Ok(Some(Prepared {
+            task,
+            input: input.to_string(),
+            prompt,
             shared_prefix,
             budget,
-            opts.repetition_guard,
-            single_paragraph,
-        )?;
+            repetition_guard: opts.repetition_guard,
+            single_paragraph: matches!(task, Task::Translate { .. }) && !input.contains("\n\n"),
+        }))
+    }
+
+    /// The [`Generation`] of a finished decode.
+    fn finish(&self, p: &Prepared, text: String, generated: usize, finish: Finish) -> Generation {
         tracing::debug!(
             model = %self.shared.name,
-            prompt_tokens = prompt.len(),
+            prompt_tokens = p.prompt.len(),
             generated,
-            budget,
+            budget = p.budget,
             ?finish,
             "generated"
         );
-        Ok(Generation {
-            text: clean_output(&text, task, input),
-            input_tokens: prompt.len(),
+        Generation {
+            text: clean_output(&text, p.task, &p.input),
+            input_tokens: p.prompt.len(),
             output_tokens: generated,
-        })
+        }
     }
 
-    /// Greedy decoding from `prompt`; returns the raw text, the number of
+    /// Greedy decoding of one prompt; returns the raw text, the number of
     /// generated tokens and why it stopped.
-    fn decode(
-        &mut self,
-        prompt: &[u32],
-        shared_prefix: usize,
-        budget: usize,
-        repetition_guard: bool,
-        single_paragraph: bool,
-    ) -> Result<(String, usize, Finish)> {
+    fn decode(&mut self, p: &Prepared) -> Result<(String, usize, Finish)> {
         let shared = Arc::clone(&self.shared);
-        let mut logits = self.prefill(prompt, shared_prefix)?;
-        let mut pos = prompt.len();
-        let mut out: Vec<u32> = Vec::new();
-        let mut generated = 0;
-        let mut guard = RepetitionGuard::default();
-        let mut cut_text = None;
-        let finish = loop {
+        let mut logits = self.prefill(&p.prompt, p.shared_prefix)?;
+        let mut row = RowDecode::new(p);
+        loop {
             let next = argmax(&logits);
-            if shared.stops.contains(next) {
-                break Finish::Stop;
+            if let Some(finish) = row.push(next, &shared)? {
+                return Ok((row.text(&shared)?, row.generated, finish));
             }
-            out.push(next);
-            generated += 1;
-            if repetition_guard {
-                if let Some(found) = guard.push(next) {
-                    out.truncate(out.len() - found.excess());
-                    break Finish::Loop;
+            logits = self.forward(&[next], row.pos)?;
+            row.pos += 1;
+        }
+    }
+
+    /// Greedy decoding of several prompts of one task in one batch (Qwen2
+    /// and Llama files): the shared prompt prefix runs once (or comes from
+    /// the primed cache), is repeated for every row, and the rest of each
+    /// prompt runs left-padded to the longest; every step then feeds one
+    /// token per row at the row's own position, pad slots masked out.
+    /// Finished rows are dropped from the cache once a quarter of the batch
+    /// is done.
+    fn decode_rows(&mut self, preps: &[&Prepared]) -> Result<Vec<(String, usize, Finish)>> {
+        let shared = Arc::clone(&self.shared);
+        let mut common = preps.iter().map(|p| p.shared_prefix).min().unwrap_or(0);
+        if !(shared.family.reuses_prefix()
+            && common >= MIN_PREFIX_TOKENS
+            && preps.iter().all(|p| common < p.prompt.len()))
+        {
+            common = 0;
+        }
+        if common > 0 {
+            self.prime(&preps[0].prompt[..common])?;
+        } else {
+            self.weights.clear();
+        }
+        let rests: Vec<&[u32]> = preps.iter().map(|p| &p.prompt[common..]).collect();
+        let mut logits = self.rows_start(&rests, common)?;
+        let mut rows: Vec<RowDecode> = preps.iter().map(|p| RowDecode::new(p)).collect();
+        let mut done: Vec<Option<(String, usize, Finish)>> = preps.iter().map(|_| None).collect();
+        // Cache row k holds the sequence `live[k]`.
+        let mut live: Vec<usize> = (0..preps.len()).collect();
+        loop {
+            let mut next = Vec::with_capacity(live.len());
+            for (k, &r) in live.iter().enumerate() {
+                if done[r].is_some() {
+                    next.push(0);
+                    continue;
+                }
+                let token = argmax(&logits[k]);
+                if let Some(finish) = rows[r].push(token, &shared)? {
+                    done[r] = Some((rows[r].text(&shared)?, rows[r].generated, finish));
+                }
+                next.push(token);
+            }
+            let finished = live.iter().filter(|&&r| done[r].is_some()).count();
+            if finished == live.len() {
+                break;
+            }
+            if finished * 4 >= live.len() {
+                let keep: Vec<usize> = (0..live.len())
+                    .filter(|&k| done[live[k]].is_none())
+                    .collect();
+                self.rows_keep(&keep)?;
+                next = keep.iter().map(|&k| next[k]).collect();
+                live = keep.iter().map(|&k| live[k]).collect();
+            }
+            let positions: Vec<usize> = live.iter().map(|&r| rows[r].pos).collect();
+            logits = self.rows_step(&next, &positions)?;
+            for &r in &live {
+                rows[r].pos += 1;
+            }
+        }
+        Ok(done
+            .into_iter()
+            .map(|d| d.expect("every row finished"))
+            .collect())
+    }
+
+    /// Starts a batch of sequences: `rests[i]` continues the one-row prefix
+    /// of `common` tokens in the cache (none when `common` is 0). Returns the
+    /// logits of each row's last token. Qwen2 and Llama files only.
+    fn rows_start(&mut self, rests: &[&[u32]], common: usize) -> Result<Vec<Vec<f32>>> {
+        let b = rests.len();
+        let longest = rests.iter().map(|r| r.len()).max().unwrap_or(0);
+        let pads: Vec<usize> = rests.iter().map(|r| longest - r.len()).collect();
+        let mut tokens = Vec::with_capacity(b * longest);
+        let mut positions = Vec::with_capacity(b * longest);
+        let width = common + longest;
+        let mut mask = Vec::with_capacity(b * longest * width);
+        for (rest, &pad) in rests.iter().zip(&pads) {
+            for slot in 0..longest {
+                tokens.push(if slot < pad {
+                    rest[0]
+                } else {
+                    rest[slot - pad]
+                });
+                positions.push((common + slot.saturating_sub(pad)) as u32);
+                for key in 0..width {
+                    // The prefix, the row's own earlier real slots, and
+                    // itself (so a pad slot's query has a key too).
+                    let visible = key < common || {
+                        let s = key - common;
+                        s == slot || (s < slot && s >= pad)
+                    };
+                    mask.push(if visible { 0.0 } else { f32::NEG_INFINITY });
                 }
             }
-            if single_paragraph && self.token_text(next)?.contains('\n') {
-                let text = self.token_text_all(&without_think(&out, shared.think))?;
-                if let Some(end) = first_paragraph_end(&text) {
-                    cut_text = Some(text[..end].to_string());
-                    break Finish::Commentary;
-                }
+        }
+        let shared = Arc::clone(&self.shared);
+        let device = &shared.device;
+        let run = |model: &mut decoder::Model| -> candle_core::Result<Vec<Vec<f32>>> {
+            if common > 0 {
+                model.expand_cache(b)?;
             }
-            if generated >= budget {
-                break Finish::Budget;
-            }
-            if pos + 1 >= shared.context_length {
-                break Finish::Context;
-            }
-            logits = self.forward(&[next], pos)?;
-            pos += 1;
+            let tokens = Tensor::from_vec(tokens, (b, longest), device)?;
+            let positions = Tensor::from_vec(positions, b * longest, device)?;
+            let mask = Tensor::from_vec(mask, (b, 1, longest, width), device)?;
+            model
+                .forward_rows(&tokens, &positions, &mask)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()
         };
-        let text = match cut_text {
-            Some(text) => text,
-            None => self.token_text_all(&without_think(&out, shared.think))?,
+        let logits =
+            run(self.decoder()?).map_err(Error::candle(&shared.name, "forward pass failed"))?;
+        self.rows = Some(RowBatch {
+            pad_from: common,
+            pads,
+            width,
+        });
+        Ok(logits)
+    }
+
+    /// One decoding step of the batch: `tokens[k]` at `positions[k]` for
+    /// cache row `k`. Returns each row's logits.
+    fn rows_step(&mut self, tokens: &[u32], positions: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let shared = Arc::clone(&self.shared);
+        let batch = self
+            .rows
+            .as_mut()
+            .ok_or_else(|| model_error(&shared.name, "no batch was started".into()))?;
+        let b = tokens.len();
+        batch.width += 1;
+        let width = batch.width;
+        let mut mask = vec![0f32; b * width];
+        for (k, &pad) in batch.pads.iter().enumerate() {
+            mask[k * width + batch.pad_from..k * width + batch.pad_from + pad]
+                .fill(f32::NEG_INFINITY);
+        }
+        let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let device = &shared.device;
+        let run = |model: &mut decoder::Model| -> candle_core::Result<Vec<Vec<f32>>> {
+            let tokens = Tensor::from_vec(tokens.to_vec(), (b, 1), device)?;
+            let positions = Tensor::from_vec(positions, b, device)?;
+            let mask = Tensor::from_vec(mask, (b, 1, 1, width), device)?;
+            model
+                .forward_rows(&tokens, &positions, &mask)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()
         };
-        Ok((text, generated, finish))
+        run(self.decoder()?).map_err(Error::candle(&shared.name, "forward pass failed"))
+    }
+
+    /// Keeps the cache rows `keep` of the batch (in that order).
+    fn rows_keep(&mut self, keep: &[usize]) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        if let Some(batch) = self.rows.as_mut() {
+            batch.pads = keep.iter().map(|&k| batch.pads[k]).collect();
+        }
+        let idx: Vec<u32> = keep.iter().map(|&k| k as u32).collect();
+        let run = |model: &mut decoder::Model| -> candle_core::Result<()> {
+            let n = idx.len();
+            model.keep_rows(&Tensor::from_vec(idx, n, &shared.device)?)
+        };
+        run(self.decoder()?).map_err(Error::candle(&shared.name, "selecting batch rows failed"))
+    }
+
+    /// Starts new sequences, one per prompt (left-padded to the longest),
+    /// and returns the logits of each prompt's last token. Low level, for
+    /// benchmarks and tests; Qwen2 and Llama files only.
+    pub fn forward_rows(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.weights.clear();
+        let rests: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        if rests.iter().any(|r| r.is_empty()) {
+            return Err(model_error(&self.shared.name, "an empty prompt".into()));
+        }
+        let logits = self.rows_start(&rests, 0)?;
+        self.row_positions = prompts.iter().map(Vec::len).collect();
+        Ok(logits)
+    }
+
+    /// Feeds one more token to every sequence of [`CausalModel::forward_rows`]
+    /// and returns their logits.
+    pub fn step_rows(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        if tokens.len() != self.row_positions.len() {
+            return Err(model_error(
+                &self.shared.name,
+                format!(
+                    "{} tokens for a batch of {} sequences",
+                    tokens.len(),
+                    self.row_positions.len()
+                ),
+            ));
+        }
+        let positions = self.row_positions.clone();
+        let logits = self.rows_step(tokens, &positions)?;
+        for p in &mut self.row_positions {
+            *p += 1;
+        }
+        Ok(logits)
+    }
+
+    fn decoder(&mut self) -> Result<&mut decoder::Model> {
+        match &mut self.weights {
+            Weights::Decoder(m) => Ok(m),
+            _ => Err(model_error(
+                &self.shared.name,
+                format!(
+                    "batched decoding is implemented for Qwen2 and Llama files, not {}",
+                    self.shared.family
+                ),
+            )),
+        }
     }
 
     /// Runs the prompt and returns the logits of its last position.
@@ -657,7 +1027,13 @@ impl CausalModel {
             self.weights.clear();
             return self.forward(prompt, 0);
         }
-        let prefix = &prompt[..shared_prefix];
+        self.prime(&prompt[..shared_prefix])?;
+        self.forward(&prompt[shared_prefix..], shared_prefix)
+    }
+
+    /// Leaves the KV cache holding `prefix` (one row): from the primed copies
+    /// when reuse is on and it was seen before, else by running it.
+    fn prime(&mut self, prefix: &[u32]) -> Result<()> {
         let cached = if self.prefix_reuse {
             self.primed.iter().position(|p| p.tokens == prefix)
         } else {
@@ -684,7 +1060,7 @@ impl CausalModel {
                 }
             }
         }
-        self.forward(&prompt[shared_prefix..], shared_prefix)
+        Ok(())
     }
 
     fn forward(&mut self, tokens: &[u32], index_pos: usize) -> Result<Vec<f32>> {
@@ -728,20 +1104,6 @@ impl CausalModel {
             end -= 1;
         }
         Ok(&text[..end])
-    }
-
-    fn token_text(&self, id: u32) -> Result<String> {
-        self.token_text_all(&[id])
-    }
-
-    fn token_text_all(&self, ids: &[u32]) -> Result<String> {
-        self.shared
-            .tokenizer
-            .decode(ids, true)
-            .map_err(Error::tokenizer(
-                &self.shared.name,
-                "failed to decode tokens",
-            ))
     }
 }
 
@@ -1009,7 +1371,7 @@ mod decoder {
     use candle_nn::Embedding;
     use candle_transformers::quantized_nn::RmsNorm;
 
-    use super::layers::{attend, causal_mask, fast_kernels, Rope, MAX_POSITIONS};
+    use super::layers::{attend, causal_mask, fast_kernels, scaled_attention, Rope, MAX_POSITIONS};
 
     #[derive(Debug, Clone)]
     struct Attention {
@@ -1034,6 +1396,49 @@ mod decoder {
             rope: &Rope,
         ) -> Result<Tensor> {
             let (b, t, _) = x.dims3()?;
+            let (q, k, v) = self.project(x)?;
+            let q = rope.apply(&q, pos)?;
+            let k = rope.apply(&k, pos)?;
+            let y = attend(&q, k, v, &mut self.cache, pos, mask, self.head_dim, None)?;
+            let y = y
+                .transpose(1, 2)?
+                .reshape((b, t, self.heads * self.head_dim))?;
+            self.o.forward(&y)
+        }
+
+        /// [`Attention::forward`] for a batch of rows with their own
+        /// positions (`(batch, t)`) and an additive mask
+        /// `(batch, 1, t, cached + t)`; the new keys and values are appended
+        /// to the cache.
+        fn forward_rows(
+            &mut self,
+            x: &Tensor,
+            mask: &Tensor,
+            tables: &(Tensor, Tensor),
+            rope: &Rope,
+        ) -> Result<Tensor> {
+            let (b, t, _) = x.dims3()?;
+            let (q, k, v) = self.project(x)?;
+            let q = rope.apply_rows(&q, tables)?;
+            let k = rope.apply_rows(&k, tables)?;
+            let (k, v) = match &self.cache {
+                Some((past_k, past_v)) => (
+                    Tensor::cat(&[past_k, &k], 2)?,
+                    Tensor::cat(&[past_v, &v], 2)?,
+                ),
+                None => (k, v),
+            };
+            self.cache = Some((k.clone(), v.clone()));
+            let y = scaled_attention(&q, k, v, Some(mask), self.head_dim)?;
+            let y = y
+                .transpose(1, 2)?
+                .reshape((b, t, self.heads * self.head_dim))?;
+            self.o.forward(&y)
+        }
+
+        /// Queries, keys and values `(batch, heads, t, head_dim)` of `x`.
+        fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+            let (b, t, _) = x.dims3()?;
             let project = |w: &QMatMul, bias: Option<&Tensor>, heads: usize| -> Result<Tensor> {
                 let y = w.forward(x)?;
                 let y = match bias {
@@ -1048,14 +1453,11 @@ mod decoder {
                 Some((q, k, v)) => (Some(q), Some(k), Some(v)),
                 None => (None, None, None),
             };
-            let q = rope.apply(&project(&self.q, bq, self.heads)?, pos)?;
-            let k = rope.apply(&project(&self.k, bk, self.kv_heads)?, pos)?;
-            let v = project(&self.v, bv, self.kv_heads)?;
-            let y = attend(&q, k, v, &mut self.cache, pos, mask, self.head_dim, None)?;
-            let y = y
-                .transpose(1, 2)?
-                .reshape((b, t, self.heads * self.head_dim))?;
-            self.o.forward(&y)
+            Ok((
+                project(&self.q, bq, self.heads)?,
+                project(&self.k, bk, self.kv_heads)?,
+                project(&self.v, bv, self.kv_heads)?,
+            ))
         }
     }
 
@@ -1221,6 +1623,56 @@ mod decoder {
                 layer.attn.cache = None;
             }
         }
+
+        /// Logits `(batch, vocab)` of the last slot of every row of `tokens`
+        /// (`(batch, t)`), each row at its own `positions` (`(batch * t)`,
+        /// `u32`, row-major), attending as the additive `mask`
+        /// (`(batch, 1, t, cached + t)`) allows to the cache and the new slots.
+        pub fn forward_rows(
+            &mut self,
+            tokens: &Tensor,
+            positions: &Tensor,
+            mask: &Tensor,
+        ) -> Result<Tensor> {
+            let (b, t) = tokens.dims2()?;
+            let tables = self.rope.tables_at(positions, b, t)?;
+            let mut x = self.embed.forward(tokens)?;
+            for layer in &mut self.layers {
+                let h = layer.attn_norm.forward(&x)?;
+                let h = layer.attn.forward_rows(&h, mask, &tables, &self.rope)?;
+                x = (x + h)?;
+                let h = layer.ffn_norm.forward(&x)?;
+                let gated =
+                    (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+                x = (x + layer.down.forward(&gated)?)?;
+            }
+            let last = x.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
+            self.head.forward(&self.norm.forward(&last)?)
+        }
+
+        /// Repeats a one-row cache (a primed prompt prefix) for `rows` rows.
+        pub fn expand_cache(&mut self, rows: usize) -> Result<()> {
+            for layer in &mut self.layers {
+                if let Some((k, v)) = &layer.attn.cache {
+                    let k = k.repeat((rows, 1, 1, 1))?;
+                    let v = v.repeat((rows, 1, 1, 1))?;
+                    layer.attn.cache = Some((k, v));
+                }
+            }
+            Ok(())
+        }
+
+        /// Keeps the cache rows `keep` (a `u32` index tensor), in that order.
+        pub fn keep_rows(&mut self, keep: &Tensor) -> Result<()> {
+            for layer in &mut self.layers {
+                if let Some((k, v)) = &layer.attn.cache {
+                    let k = k.index_select(keep, 0)?;
+                    let v = v.index_select(keep, 0)?;
+                    layer.attn.cache = Some((k, v));
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -1299,6 +1751,35 @@ mod layers {
             })
         }
 
+        /// Cosine and sine tables `(batch, t, head_dim / 2)` at `positions`
+        /// (`(batch * t)`, `u32`).
+        pub fn tables_at(
+            &self,
+            positions: &Tensor,
+            batch: usize,
+            t: usize,
+        ) -> Result<(Tensor, Tensor)> {
+            let cos = self
+                .cos
+                .index_select(positions, 0)?
+                .reshape((batch, t, ()))?;
+            let sin = self
+                .sin
+                .index_select(positions, 0)?
+                .reshape((batch, t, ()))?;
+            Ok((cos, sin))
+        }
+
+        /// `x`: `(batch, heads, t, head_dim)` with per-row tables from
+        /// [`Rope::tables_at`].
+        pub fn apply_rows(&self, x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
+            if self.interleaved {
+                candle_nn::rotary_emb::rope_i(&x.contiguous()?, cos, sin)
+            } else {
+                candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
+            }
+        }
+
         /// `x`: `(batch, heads, seq, head_dim)` at positions `pos..`.
         pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
             let t = x.dim(2)?;
@@ -1370,6 +1851,19 @@ mod layers {
             }
             _ => (k, v),
         };
+        scaled_attention(q, k, v, mask, head_dim)
+    }
+
+    /// `softmax(q k^T / sqrt(head_dim) + mask) v` with grouped-query heads:
+    /// `q` `(batch, heads, t, head_dim)`, `k`, `v` `(batch, kv_heads, len,
+    /// head_dim)`, `mask` broadcastable to `(batch, heads, t, len)`.
+    pub fn scaled_attention(
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Option<&Tensor>,
+        head_dim: usize,
+    ) -> Result<Tensor> {
         let groups = q.dim(1)? / k.dim(1)?;
         let k = repeat_kv(k, groups)?.contiguous()?;
         let v = repeat_kv(v, groups)?.contiguous()?;

@@ -53,7 +53,7 @@ impl Default for GenOptions {
 }
 
 /// The result of one generation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Generation {
     /// The generated text, trimmed, without prompt or stop tokens.
     pub text: String,

@@ -252,6 +252,91 @@ fn tiny_split_prefill_matches_whole_prefill() -> Result<()> {
     Ok(())
 }
 
+/// More inputs than [`INPUTS`], of many lengths, one of them empty.
+const MANY: &[&str] = &[
+    "The cat sat on the mat.",
+    "Prices rose sharply in May, the statistics office said.",
+    "He said no.",
+    "",
+    "The river flooded the old town after three days of rain.",
+    "Officials in the capital confirmed on Tuesday that the bridge, closed since \
+     the storm, would reopen to traffic next month after repairs.",
+    "Yes.",
+    "A second paragraph follows.\n\nIt has two sentences. Here is the other one.",
+    "Schools stay closed.",
+    "The minister resigned.",
+];
+
+#[test]
+fn tiny_batched_rows_match_one_sequence_at_a_time() -> Result<()> {
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let (_dir, mut model) = tiny(&Spec::new(arch, 9))?;
+        assert!(model.batches());
+        let prompts: Vec<Vec<u32>> = [3usize, 17, 1, 40, 17]
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| {
+                (0..n as u32)
+                    .map(|i| (i * 11 + 5 * r as u32 + 2) % 280)
+                    .collect()
+            })
+            .collect();
+        let mut batched = model.forward_rows(&prompts)?;
+        let mut single: Vec<Vec<f32>> = Vec::new();
+        let mut singles: Vec<CausalModel> = prompts.iter().map(|_| model.clone()).collect();
+        for (m, p) in singles.iter_mut().zip(&prompts) {
+            single.push(m.forward_logits(p, 0)?);
+        }
+        for step in 0..12 {
+            for (r, (b, s)) in batched.iter().zip(&single).enumerate() {
+                let d = max_abs_diff(b, s);
+                assert!(d < 1e-4, "{arch:?} row {r} step {step}: {d}");
+            }
+            let next: Vec<u32> = single.iter().map(|l| argmax(l)).collect();
+            batched = model.step_rows(&next)?;
+            for (r, m) in singles.iter_mut().enumerate() {
+                single[r] = m.forward_logits(&[next[r]], prompts[r].len() + step)?;
+            }
+        }
+        assert!(model.step_rows(&[1, 2]).is_err(), "wrong number of tokens");
+    }
+    Ok(())
+}
+
+#[test]
+fn tiny_generate_batch_matches_generate() -> Result<()> {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
+        let (_dir, mut model) = tiny(&Spec::new(arch, 10))?;
+        let mut batched = model.clone();
+        let mut generated = 0;
+        for task in [translate("en", "es"), Task::Summarize { max_words: 12 }] {
+            for guard in [true, false] {
+                let o = opts(20, guard);
+                let one: Vec<Generation> = MANY
+                    .iter()
+                    .map(|input| model.generate(task, input, &o))
+                    .collect::<tidings::Result<_>>()?;
+                generated += one.iter().map(|g| g.output_tokens).sum::<usize>();
+                // every batch shape: all rows together, batches of three
+                // (rows leave them at different steps), and a token cap
+                for (rows, tokens) in [(16, 100_000), (3, 100_000), (8, 200)] {
+                    let many = batched.generate_batch(task, MANY, &o, rows, tokens);
+                    assert_eq!(many.len(), MANY.len());
+                    for (i, (b, s)) in many.into_iter().zip(&one).enumerate() {
+                        assert_eq!(
+                            &b?, s,
+                            "{arch:?} {task:?} guard {guard} rows {rows} tokens {tokens} input {i}"
+                        );
+                    }
+                }
+            }
+        }
+        // the equality above compared real outputs
+        assert!(generated > 0, "{arch:?}: the tiny model generated nothing");
+    }
+    Ok(())
+}
+
 #[test]
 fn tiny_clones_per_worker_match_the_original() -> Result<()> {
     for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
