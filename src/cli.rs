@@ -92,6 +92,20 @@ pub struct BenchArgs {
     /// Model workers sharing the threads. Overrides runtime.workers.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Skip the pipeline run: only measure each causal (GGUF) model's raw
+    /// prefill and decode speed, on one sequence and on --sequences at once.
+    #[arg(long)]
+    pub raw_only: bool,
+    /// Prompt length of the raw measurement.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub prompt_tokens: usize,
+    /// Decode steps of the raw measurement.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub decode_tokens: usize,
+    /// Sequences decoded together in the raw measurement [default:
+    /// runtime.batch-sequences].
+    #[arg(long, value_name = "N")]
+    pub sequences: Option<usize>,
 }
 
 /// `tidings models ...`

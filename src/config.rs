@@ -100,6 +100,7 @@ struct RawRuntime {
     threads: Option<usize>,
     workers: Option<usize>,
     batch_tokens: Option<usize>,
+    batch_sequences: Option<usize>,
     window: Option<usize>,
 }
 
@@ -444,6 +445,10 @@ pub struct TranslateSpec {
     pub models: BTreeMap<&'static str, String>,
 }
 
+/// Sequences a causal model decodes together unless the job says otherwise
+/// (`runtime.batch-sequences`; see BENCHMARKS.md for the measurement).
+pub const DEFAULT_BATCH_SEQUENCES: usize = 8;
+
 /// Runtime knobs.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -455,6 +460,8 @@ pub struct Runtime {
     pub workers: usize,
     /// Token budget per model batch.
     pub batch_tokens: usize,
+    /// Sequences a causal (GGUF) model decodes together; 1 turns batching off.
+    pub batch_sequences: usize,
     /// Articles processed together (sorting, deduplication, flush unit).
     pub window: usize,
 }
@@ -818,6 +825,11 @@ impl Validator<'_> {
             threads,
             workers,
             batch_tokens: raw.runtime.batch_tokens.unwrap_or(4096).max(1),
+            batch_sequences: raw
+                .runtime
+                .batch_sequences
+                .unwrap_or(DEFAULT_BATCH_SEQUENCES)
+                .max(1),
             window: raw.runtime.window.unwrap_or(16).max(1),
         };
 

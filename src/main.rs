@@ -112,10 +112,21 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let job = Job::load(&args.config, &overrides)?;
     pipeline::configure_threads(job.runtime.threads, job.runtime.workers);
-    let report = tidings::bench::run(&job, args.articles)?;
-    eprint!("{}", report.table());
+    let sizes = tidings::bench::RawSizes {
+        prompt_tokens: args.prompt_tokens,
+        decode_tokens: args.decode_tokens,
+        sequences: args.sequences.unwrap_or(job.runtime.batch_sequences),
+    };
+    let (table, json) = if args.raw_only {
+        let report = tidings::bench::raw_only(&job, sizes)?;
+        (report.table(), serde_json::to_string_pretty(&report)?)
+    } else {
+        let report = tidings::bench::run(&job, args.articles, sizes)?;
+        (report.table(), serde_json::to_string_pretty(&report)?)
+    };
+    eprint!("{table}");
     if let Some(p) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
+        let text = json;
         std::fs::write(p, text + "\n")
             .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", p.display()))?;
     }

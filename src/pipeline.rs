@@ -556,7 +556,7 @@ fn summarize(
                 })
                 .collect();
             let units: Vec<(Task, &str)> = inputs.iter().map(|s| (task, s.as_str())).collect();
-            let results = workers.run(model, &units, &settings, job.runtime.batch_tokens);
+            let results = workers.run(model, &units, &settings, &job.runtime);
             for (a, r) in arts.iter_mut().zip(results) {
                 match r {
                     Ok((g, ms)) => {
@@ -647,7 +647,7 @@ fn translate(
         uses.push(mine);
     }
     let unit_refs: Vec<(Task, &str)> = units.iter().map(|(t, s)| (*t, s.as_str())).collect();
-    let results = workers.run(model, &unit_refs, &settings, job.runtime.batch_tokens);
+    let results = workers.run(model, &unit_refs, &settings, &job.runtime);
     let mut counted = vec![false; results.len()];
 
     for (a, mine) in arts.iter_mut().zip(uses) {
@@ -788,10 +788,16 @@ impl Workers {
         model: &LoadedModel,
         units: &[(Task, &str)],
         settings: &crate::config::GenSettings,
-        batch_tokens: usize,
+        runtime: &crate::config::Runtime,
     ) -> Vec<UnitResult> {
-        if let Model::Seq2Seq(_) = &model.model {
-            return self.run_batched(model, units, settings, batch_tokens);
+        match &model.model {
+            Model::Seq2Seq(_) => {
+                return self.run_batched(model, units, settings, runtime.batch_tokens)
+            }
+            Model::Causal(m) if m.batches() && runtime.batch_sequences > 1 => {
+                return self.run_causal_batches(model, units, settings, runtime)
+            }
+            _ => {}
         }
         let opts = &settings.options;
         let mut order: Vec<usize> = (0..units.len()).collect();
@@ -820,6 +826,67 @@ impl Workers {
 }
 
 impl Workers {
+    /// Causal models that decode several sequences at once: the units of
+    /// each task, longest first, are cut into groups of
+    /// `runtime.batch-sequences`; workers take the next group as they free
+    /// up and decode it as one batch (split further where the group's
+    /// prompts exceed `runtime.batch-tokens`). A unit's milliseconds are its
+    /// group's time divided evenly.
+    fn run_causal_batches(
+        &mut self,
+        model: &LoadedModel,
+        units: &[(Task, &str)],
+        settings: &crate::config::GenSettings,
+        runtime: &crate::config::Runtime,
+    ) -> Vec<UnitResult> {
+        let mut order: Vec<usize> = (0..units.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(units[i].1.len()));
+        let mut by_task: Vec<(Task, Vec<usize>)> = Vec::new();
+        for i in order {
+            match by_task.iter_mut().find(|(t, _)| *t == units[i].0) {
+                Some((_, v)) => v.push(i),
+                None => by_task.push((units[i].0, vec![i])),
+            }
+        }
+        let groups: Vec<(Task, &[usize])> = by_task
+            .iter()
+            .flat_map(|(task, idx)| {
+                idx.chunks(runtime.batch_sequences)
+                    .map(move |g| (*task, g))
+            })
+            .collect();
+        let results: Vec<Mutex<Option<UnitResult>>> =
+            (0..units.len()).map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let clones = &self.clones[&model.name];
+        let work = |w: usize| {
+            let mut m = clones[w].lock().expect("worker lock");
+            let Model::Causal(causal) = &mut m.model else {
+                unreachable!("run_causal_batches is only called for causal models")
+            };
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(task, idx)) = groups.get(k) else { break };
+                let inputs: Vec<&str> = idx.iter().map(|&i| units[i].1).collect();
+                let t = Instant::now();
+                let out = causal.generate_batch(
+                    task,
+                    &inputs,
+                    &settings.options,
+                    runtime.batch_sequences,
+                    runtime.batch_tokens,
+                );
+                let ms = t.elapsed().as_millis() as u64 / idx.len().max(1) as u64;
+                for (&i, r) in idx.iter().zip(out) {
+                    *results[i].lock().expect("result lock") = Some(r.map(|g| (g, ms)));
+                }
+            }
+        };
+        let workers = self.count.max(1).min(groups.len().max(1));
+        spread(workers, &work);
+        collect(results)
+    }
+
     /// Real and padded source tokens of the batched passes since the last call.
     fn take_fill(&self) -> (u64, u64) {
         std::mem::take(&mut *self.fill.lock().expect("fill lock"))
