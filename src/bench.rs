@@ -468,8 +468,10 @@ impl RawSpeed {
             self.decode_tokens_per_s,
             self.decode_tokens
         );
-        if let (Some(p), Some(d)) = (self.batch_prefill_tokens_per_s, self.batch_decode_tokens_per_s)
-        {
+        if let (Some(p), Some(d)) = (
+            self.batch_prefill_tokens_per_s,
+            self.batch_decode_tokens_per_s,
+        ) {
             s.push_str(&format!(
                 "  {} sequences: prefill {p:.1} tokens/s, decode {d:.1} tokens/s in all ({:.2}x one sequence)\n",
                 self.sequences,

@@ -850,10 +850,7 @@ impl Workers {
         }
         let groups: Vec<(Task, &[usize])> = by_task
             .iter()
-            .flat_map(|(task, idx)| {
-                idx.chunks(runtime.batch_sequences)
-                    .map(move |g| (*task, g))
-            })
+            .flat_map(|(task, idx)| idx.chunks(runtime.batch_sequences).map(move |g| (*task, g)))
             .collect();
         let results: Vec<Mutex<Option<UnitResult>>> =
             (0..units.len()).map(|_| Mutex::new(None)).collect();
@@ -866,7 +863,9 @@ impl Workers {
             };
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&(task, idx)) = groups.get(k) else { break };
+                let Some(&(task, idx)) = groups.get(k) else {
+                    break;
+                };
                 let inputs: Vec<&str> = idx.iter().map(|&i| units[i].1).collect();
                 let t = Instant::now();
                 let out = causal.generate_batch(

@@ -1680,7 +1680,6 @@ mod decoder {
 mod layers {
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{DType, Device, Result, Tensor};
-    use candle_transformers::utils::repeat_kv;
 
     /// Re-quantizes Q4_1, Q5_0 and Q5_1 tensors to Q8_0 on x86 CPUs.
     ///
@@ -1864,15 +1863,34 @@ mod layers {
         mask: Option<&Tensor>,
         head_dim: usize,
     ) -> Result<Tensor> {
-        let groups = q.dim(1)? / k.dim(1)?;
-        let k = repeat_kv(k, groups)?.contiguous()?;
-        let v = repeat_kv(v, groups)?.contiguous()?;
+        // Grouped queries without copying keys and values per query head:
+        // query head `h` reads key/value head `h / groups`, so the `groups`
+        // heads of one key/value head are stacked into one matrix of
+        // `groups * t` rows.
+        let (b, heads, t, d) = q.dims4()?;
+        let kv_heads = k.dim(1)?;
+        let groups = heads / kv_heads;
+        let q = q.contiguous()?.reshape((b, kv_heads, groups * t, d))?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
         let scores = match mask {
-            Some(mask) => scores.broadcast_add(mask)?,
+            Some(mask) => {
+                let len = scores.dim(3)?;
+                // `(t, len)` or `(b, 1, t, len)`, broadcast over the groups
+                let mask = if mask.rank() == 4 {
+                    mask.unsqueeze(2)?
+                } else {
+                    mask.clone()
+                };
+                scores
+                    .reshape((b, kv_heads, groups, t, len))?
+                    .broadcast_add(&mask)?
+                    .reshape((b, kv_heads, groups * t, len))?
+            }
             None => scores,
         };
-        candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)
+        candle_nn::ops::softmax_last_dim(&scores)?
+            .matmul(&v.contiguous()?)?
+            .reshape((b, heads, t, d))
     }
 }
 
