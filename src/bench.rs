@@ -217,23 +217,29 @@ pub fn raw_speed(
 /// The raw speed of every causal model of the job (fetched into the cache
 /// first where missing).
 pub fn raw_only(job: &Job, sizes: RawSizes) -> Result<RawReport> {
-    let device = job.runtime.device.open()?;
-    let mut raw = Vec::new();
-    for spec in job.used_models() {
-        if !crate::models::is_causal(spec, FetchPolicy::Allow)? {
-            continue;
-        }
-        let loaded = crate::models::load(spec, FetchPolicy::Allow, &device)?;
-        if let Model::Causal(mut m) = loaded.model {
-            raw.push(raw_speed(&spec.name, m.as_mut(), sizes)?);
-        }
-    }
     Ok(RawReport {
         config: job.config_path.display().to_string(),
         threads: job.runtime.threads,
         workers: job.runtime.workers,
-        raw,
+        raw: raw_speeds(job, sizes, FetchPolicy::Allow)?,
     })
+}
+
+/// [`raw_speed`] of each causal model of the job. Only causal models have a
+/// raw speed to report: the others are not loaded.
+fn raw_speeds(job: &Job, sizes: RawSizes, policy: FetchPolicy) -> Result<Vec<RawSpeed>> {
+    let device = job.runtime.device.open()?;
+    let mut raw = Vec::new();
+    for spec in job.used_models() {
+        if !crate::models::is_causal(spec, policy)? {
+            continue;
+        }
+        let loaded = crate::models::load(spec, policy, &device)?;
+        if let Model::Causal(mut m) = loaded.model {
+            raw.push(raw_speed(&spec.name, m.as_mut(), sizes)?);
+        }
+    }
+    Ok(raw)
 }
 
 /// Runs the benchmark: the job on at most `articles` records of its input.
@@ -257,19 +263,7 @@ pub fn run(job: &Job, articles: Option<u64>, sizes: RawSizes) -> Result<BenchRep
     let stats = stats?;
 
     // Raw model speed, measured after the run in the same process.
-    let device = job.runtime.device.open()?;
-    let mut raw = Vec::new();
-    for spec in job.used_models() {
-        // Only causal models have a raw speed to report: do not load the
-        // others a second time.
-        if !crate::models::is_causal(spec, FetchPolicy::CacheOnly)? {
-            continue;
-        }
-        let loaded = crate::models::load(spec, FetchPolicy::CacheOnly, &device)?;
-        if let Model::Causal(mut m) = loaded.model {
-            raw.push(raw_speed(&spec.name, m.as_mut(), sizes)?);
-        }
-    }
+    let raw = raw_speeds(&job, sizes, FetchPolicy::CacheOnly)?;
     let load = stats.stages.get("load").map_or(0.0, |d| d.as_secs_f64());
     let model_s = stats.model_seconds();
     let elapsed = stats.elapsed.as_secs_f64();

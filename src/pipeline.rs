@@ -800,8 +800,7 @@ impl Workers {
             _ => {}
         }
         let opts = &settings.options;
-        let mut order: Vec<usize> = (0..units.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(units[i].1.len()));
+        let order = longest_first(units);
         let results: Vec<Mutex<Option<UnitResult>>> =
             (0..units.len()).map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
@@ -839,15 +838,7 @@ impl Workers {
         settings: &crate::config::GenSettings,
         runtime: &crate::config::Runtime,
     ) -> Vec<UnitResult> {
-        let mut order: Vec<usize> = (0..units.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(units[i].1.len()));
-        let mut by_task: Vec<(Task, Vec<usize>)> = Vec::new();
-        for i in order {
-            match by_task.iter_mut().find(|(t, _)| *t == units[i].0) {
-                Some((_, v)) => v.push(i),
-                None => by_task.push((units[i].0, vec![i])),
-            }
-        }
+        let by_task = by_task(units, longest_first(units));
         let groups: Vec<(Task, &[usize])> = by_task
             .iter()
             .flat_map(|(task, idx)| idx.chunks(runtime.batch_sequences).map(move |g| (*task, g)))
@@ -902,8 +893,7 @@ impl Workers {
         settings: &crate::config::GenSettings,
         batch_tokens: usize,
     ) -> Vec<UnitResult> {
-        let mut order: Vec<usize> = (0..units.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(units[i].1.len()));
+        let order = longest_first(units);
         let workers = self.count.max(1).min(units.len().max(1));
         let results: Vec<Mutex<Option<UnitResult>>> =
             (0..units.len()).map(|_| Mutex::new(None)).collect();
@@ -913,15 +903,8 @@ impl Workers {
             let Model::Seq2Seq(s2s) = &m.model else {
                 unreachable!("run_batched is only called for encoder-decoder models")
             };
-            let mine: Vec<usize> = order.iter().copied().skip(w).step_by(workers).collect();
-            let mut by_task: Vec<(Task, Vec<usize>)> = Vec::new();
-            for i in mine {
-                match by_task.iter_mut().find(|(t, _)| *t == units[i].0) {
-                    Some((_, v)) => v.push(i),
-                    None => by_task.push((units[i].0, vec![i])),
-                }
-            }
-            for (task, idx) in by_task {
+            let mine = order.iter().copied().skip(w).step_by(workers);
+            for (task, idx) in by_task(units, mine) {
                 let inputs: Vec<&str> = idx.iter().map(|&i| units[i].1).collect();
                 let t = Instant::now();
                 let out = s2s.generate_batch(task, &inputs, settings, batch_tokens);
@@ -955,6 +938,29 @@ impl Workers {
         spread(workers, &work);
         collect(results)
     }
+}
+
+/// Unit indices, longest input first.
+fn longest_first(units: &[(Task, &str)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..units.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(units[i].1.len()));
+    order
+}
+
+/// `order` split by task, each task's units in the order given, tasks in
+/// order of first appearance.
+fn by_task(
+    units: &[(Task, &str)],
+    order: impl IntoIterator<Item = usize>,
+) -> Vec<(Task, Vec<usize>)> {
+    let mut by_task: Vec<(Task, Vec<usize>)> = Vec::new();
+    for i in order {
+        match by_task.iter_mut().find(|(t, _)| *t == units[i].0) {
+            Some((_, v)) => v.push(i),
+            None => by_task.push((units[i].0, vec![i])),
+        }
+    }
+    by_task
 }
 
 /// Runs `work(w)` for each worker `w`, on scoped threads when there are

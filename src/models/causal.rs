@@ -1400,6 +1400,11 @@ mod decoder {
             let q = rope.apply(&q, pos)?;
             let k = rope.apply(&k, pos)?;
             let y = attend(&q, k, v, &mut self.cache, pos, mask, self.head_dim, None)?;
+            self.output(&y, b, t)
+        }
+
+        /// The output projection of the heads `(batch, heads, t, head_dim)`.
+        fn output(&self, y: &Tensor, b: usize, t: usize) -> Result<Tensor> {
             let y = y
                 .transpose(1, 2)?
                 .reshape((b, t, self.heads * self.head_dim))?;
@@ -1430,10 +1435,7 @@ mod decoder {
             };
             self.cache = Some((k.clone(), v.clone()));
             let y = scaled_attention(&q, k, v, Some(mask), self.head_dim)?;
-            let y = y
-                .transpose(1, 2)?
-                .reshape((b, t, self.heads * self.head_dim))?;
-            self.o.forward(&y)
+            self.output(&y, b, t)
         }
 
         /// Queries, keys and values `(batch, heads, t, head_dim)` of `x`.
@@ -1469,6 +1471,15 @@ mod decoder {
         gate: QMatMul,
         up: QMatMul,
         down: QMatMul,
+    }
+
+    impl Layer {
+        /// `x` plus the SiLU-gated MLP of its normed self.
+        fn mlp_residual(&self, x: &Tensor) -> Result<Tensor> {
+            let h = self.ffn_norm.forward(x)?;
+            let gated = (candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?;
+            x + self.down.forward(&gated)?
+        }
     }
 
     /// The whole decoder with its KV cache.
@@ -1606,11 +1617,7 @@ mod decoder {
             for layer in &mut self.layers {
                 let h = layer.attn_norm.forward(&x)?;
                 let h = layer.attn.forward(&h, mask.as_ref(), pos, &self.rope)?;
-                x = (x + h)?;
-                let h = layer.ffn_norm.forward(&x)?;
-                let gated =
-                    (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-                x = (x + layer.down.forward(&gated)?)?;
+                x = layer.mlp_residual(&(x + h)?)?;
             }
             // Only the last position feeds the next-token distribution.
             let last = x.narrow(1, t - 1, 1)?.squeeze(1)?;
@@ -1640,11 +1647,7 @@ mod decoder {
             for layer in &mut self.layers {
                 let h = layer.attn_norm.forward(&x)?;
                 let h = layer.attn.forward_rows(&h, mask, &tables, &self.rope)?;
-                x = (x + h)?;
-                let h = layer.ffn_norm.forward(&x)?;
-                let gated =
-                    (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-                x = (x + layer.down.forward(&gated)?)?;
+                x = layer.mlp_residual(&(x + h)?)?;
             }
             let last = x.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
             self.head.forward(&self.norm.forward(&last)?)
