@@ -520,25 +520,52 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// How close our logits must come to candle's.
+#[derive(Clone, Copy, Debug)]
+enum Agreement {
+    /// Largest difference at most this fraction of the largest logit: for
+    /// tiny files, where 8-bit activation rounding rarely flips.
+    Relative(f32),
+    /// Same top token, and next-token distributions at most `max_kl`
+    /// nats apart: for real quantized files. Their matmuls round
+    /// activations to 8 bits, so the float noise of an attention product
+    /// computed in another order (grouped queries stacked where candle
+    /// repeats keys) flips some roundings and moves logits by tenths with
+    /// the arithmetic unchanged (seen: KL 6e-4 on Qwen2.5 0.5B, 8e-3 on
+    /// SmolLM2). A wrong head mapping, mask or rotary layout moves them by
+    /// whole nats. The exact arithmetic is checked on a float copy.
+    Distribution { max_kl: f64 },
+}
+
 /// Our decoder against candle's implementation on the same file (weights
 /// as stored): a prompt, single-token steps, a multi-token continuation.
-fn compare_with_candle(path: &Path, tokens: &[u32], tolerance: f32) -> Result<()> {
+/// Returns the largest KL divergence seen.
+fn compare_with_candle(path: &Path, tokens: &[u32], agreement: Agreement) -> Result<f64> {
     let mut reference = Reference::load(path)?;
     let exact = LoadOptions { requantize: false };
     let mut ours = CausalModel::load_with("ours", path, None, &Device::Cpu, &exact)?;
     let n = tokens.len();
+    let mut worst = 0.0f64;
     for (start, end) in [(0, n - 4), (n - 4, n - 3), (n - 3, n - 2), (n - 2, n)] {
         let expected = reference.logits(&tokens[start..end], start)?;
         let got = ours.forward_logits(&tokens[start..end], start)?;
         let scale = expected.iter().fold(0.0f32, |m, x| m.max(x.abs()));
         let diff = max_abs_diff(&expected, &got);
-        assert!(
-            diff <= tolerance * scale.max(1.0),
-            "positions {start}..{end}: diff {diff}, scale {scale}"
-        );
+        let kl = kl_divergence(&expected, &got);
+        worst = worst.max(kl);
+        match agreement {
+            Agreement::Relative(tolerance) => assert!(
+                diff <= tolerance * scale.max(1.0),
+                "positions {start}..{end}: diff {diff}, scale {scale}"
+            ),
+            Agreement::Distribution { max_kl } => assert!(
+                kl <= max_kl,
+                "positions {start}..{end}: KL {kl:.2e} (max |dlogit| {diff}, scale {scale})"
+            ),
+        }
         assert_eq!(argmax(&expected), argmax(&got), "positions {start}..{end}");
     }
-    Ok(())
+    Ok(worst)
 }
 
 #[test]
@@ -555,7 +582,7 @@ fn our_decoder_matches_candle_on_tiny_qwen2_and_llama() -> Result<()> {
                 },
             )?;
             let tokens: Vec<u32> = (0..30).map(|i| (i * 13 + 5) % 280).collect();
-            compare_with_candle(&path, &tokens, 1e-5)
+            compare_with_candle(&path, &tokens, Agreement::Relative(1e-5))
                 .with_context(|| format!("{arch:?} f32={f32}"))?;
         }
     }
@@ -671,7 +698,6 @@ fn check_real_decoder(env: &str, package: &str, kl_limit: f64) -> Result<()> {
         .map_err(anyhow::Error::msg)?
         .get_ids()
         .to_vec();
-    compare_with_candle(&path, &tokens, 1e-3)?;
 
     let exact = LoadOptions { requantize: false };
     let mut exact = CausalModel::load_with(package, &path, None, &Device::Cpu, &exact)?;
@@ -684,14 +710,61 @@ fn check_real_decoder(env: &str, package: &str, kl_limit: f64) -> Result<()> {
     exact.forward_logits(&tokens[..10], 0)?;
     let chunked = exact.forward_logits(&tokens[10..], 10)?;
     let kl_chunks = kl_divergence(&a, &chunked);
+    // The arithmetic: a float copy of the first blocks, where no activation
+    // is rounded, so the two implementations must agree to float noise.
+    let (_dir, float) = float_copy(&path, 4)?;
+    compare_with_candle(&float, &tokens, Agreement::Relative(1e-4))?;
+    // The file as users run it: the same next-token distributions.
+    let kl_candle = compare_with_candle(&path, &tokens, Agreement::Distribution { max_kl: 0.02 })?;
     eprintln!(
-        "{package}: re-quantized: max |dlogit| {:.3}, KL {kl_requant:.2e}; two-chunk prefill: max |dlogit| {:.3}, KL {kl_chunks:.2e}",
+        "{package}: re-quantized: max |dlogit| {:.3}, KL {kl_requant:.2e}; two-chunk prefill: max |dlogit| {:.3}, KL {kl_chunks:.2e}; candle: KL {kl_candle:.2e}",
         max_abs_diff(&a, &b),
         max_abs_diff(&a, &chunked)
     );
     assert!(kl_requant < kl_limit, "{package}: KL {kl_requant}");
     assert_eq!(argmax(&a), argmax(&b));
     Ok(())
+}
+
+/// A copy of the GGUF file at `path` with its first `blocks` blocks only
+/// and every tensor stored as F32, in a temporary folder: both decoders
+/// then multiply in float and never round activations to 8 bits.
+fn float_copy(path: &Path, blocks: u32) -> Result<(tempfile::TempDir, PathBuf)> {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let mut file = File::open(path)?;
+    let content = Content::read(&mut file)?;
+    let arch = content.metadata["general.architecture"]
+        .to_string()?
+        .clone();
+    let block_key = format!("{arch}.block_count");
+    let block_count = Value::U32(blocks);
+    let metadata: Vec<(&str, &Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), if *k == block_key { &block_count } else { v }))
+        .collect();
+    let keep = |name: &str| match name.strip_prefix("blk.") {
+        Some(rest) => rest
+            .split('.')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n < blocks),
+        None => true,
+    };
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys().filter(|n| keep(n)) {
+        let t = content.tensor(&mut file, name, &Device::Cpu)?;
+        let t = QTensor::quantize(&t.dequantize(&Device::Cpu)?, GgmlDType::F32)?;
+        tensors.push((name.clone(), t));
+    }
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("float.gguf");
+    let mut out = std::io::BufWriter::new(File::create(&copy)?);
+    gguf_file::write(&mut out, &metadata, &tensors)?;
+    drop(out);
+    Ok((dir, copy))
 }
 
 /// KL(p || q) in nats for the softmax distributions of two logit vectors.
