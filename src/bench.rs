@@ -86,8 +86,15 @@ pub struct BenchReport {
     pub elapsed_s: f64,
     /// Articles per minute, model loading excluded.
     pub articles_per_min: f64,
-    /// Generated tokens per second of model time.
+    /// Generated tokens per second of model time (the model stages alone:
+    /// what the models do once the pipeline has handed them their batches).
     pub generated_tokens_per_s: f64,
+    /// Generated tokens per second of the whole run after model loading
+    /// (reading, cleaning, segmenting, scheduling and writing included).
+    pub end_to_end_generated_tokens_per_s: f64,
+    /// Share of the run after model loading spent in model stages; one
+    /// minus it is the pipeline's own overhead.
+    pub model_share: f64,
     /// Tokens fed to the models.
     pub input_tokens: u64,
     /// Tokens generated.
@@ -274,6 +281,8 @@ pub fn run(job: &Job, articles: Option<u64>, sizes: RawSizes) -> Result<BenchRep
         elapsed_s: elapsed,
         articles_per_min: (stats.ok + stats.failed) as f64 * 60.0 / (elapsed - load).max(1e-9),
         generated_tokens_per_s: stats.output_tokens as f64 / model_s.max(1e-9),
+        end_to_end_generated_tokens_per_s: stats.output_tokens as f64 / (elapsed - load).max(1e-9),
+        model_share: model_s / (elapsed - load).max(1e-9),
         input_tokens: stats.input_tokens,
         output_tokens: stats.output_tokens,
         stages_s: stats
@@ -391,7 +400,9 @@ impl BenchReport {
     pub fn table(&self) -> String {
         let mut s = format!(
             "config              {}\narticles            {} ok, {} errors\nelapsed             {:.1} s\n\
-             articles/min        {:.2} (model loading excluded)\ngenerated tokens/s  {:.1}\n\
+             articles/min        {:.2} (model loading excluded)\n\
+             generated tokens/s  {:.1} in model stages, {:.1} end to end \
+             (model stages {:.1}% of the run after loading)\n\
              tokens in/out       {} / {}\npeak RSS            {:.0} MiB\nthreads x workers   {} x {}\n",
             self.config,
             self.articles,
@@ -399,6 +410,8 @@ impl BenchReport {
             self.elapsed_s,
             self.articles_per_min,
             self.generated_tokens_per_s,
+            self.end_to_end_generated_tokens_per_s,
+            self.model_share * 100.0,
             self.input_tokens,
             self.output_tokens,
             self.peak_rss_mib,

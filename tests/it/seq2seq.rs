@@ -552,6 +552,17 @@ fn bench_reports_stage_throughput_batch_fill_and_chrf_against_references() {
     assert!(stage["output_tokens"].as_u64().unwrap() > 0);
     let fill = stage["batch_fill"].as_f64().unwrap();
     assert!(fill > 0.0 && fill <= 1.0, "{fill}");
+    // The end-to-end rate counts the pipeline's own time too, so it cannot
+    // beat the model-stage rate; the share says by how much it trails.
+    let share = report["model_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share <= 1.0 + 1e-9, "{share}");
+    let model_rate = report["generated_tokens_per_s"].as_f64().unwrap();
+    let end_to_end = report["end_to_end_generated_tokens_per_s"]
+        .as_f64()
+        .unwrap();
+    assert!(end_to_end > 0.0 && end_to_end <= model_rate * (1.0 + 1e-9));
+    assert!((end_to_end / model_rate - share).abs() < 1e-6);
+    assert!(err.contains("end to end"), "{err}");
 }
 
 #[test]
