@@ -220,11 +220,19 @@ pub struct LoadOptions {
     /// see the module docs). On by default; off gives the file's exact
     /// numbers.
     pub requantize: bool,
+    /// Multiply Q8_0 weights with our own CPU kernel ([`super::q8_0`])
+    /// instead of candle's, where the CPU runs it (x86-64 with AVX2/FMA).
+    /// On by default; `TIDINGS_KERNELS=candle` in the environment turns it
+    /// off, so that the two can be measured side by side with one binary.
+    pub own_kernels: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { requantize: true }
+        LoadOptions {
+            requantize: true,
+            own_kernels: std::env::var("TIDINGS_KERNELS").map_or(true, |v| v != "candle"),
+        }
     }
 }
 
@@ -1139,10 +1147,10 @@ fn load_weights<R: Read + Seek>(
     device: &Device,
     options: &LoadOptions,
 ) -> candle_core::Result<Weights> {
-    let requantize = options.requantize;
+    let (requantize, own) = (options.requantize, options.own_kernels);
     Ok(match family {
         Family::Qwen2 => Weights::Decoder(decoder::Model::from_gguf(
-            &content, reader, device, "qwen2", requantize,
+            &content, reader, device, "qwen2", requantize, own,
         )?),
         Family::Llama => {
             if has_experts(&content) {
@@ -1151,7 +1159,7 @@ fn load_weights<R: Read + Seek>(
                 )?)
             } else {
                 Weights::Decoder(decoder::Model::from_gguf(
-                    &content, reader, device, "llama", requantize,
+                    &content, reader, device, "llama", requantize, own,
                 )?)
             }
         }
@@ -1159,7 +1167,7 @@ fn load_weights<R: Read + Seek>(
             content, reader, device,
         )?)),
         Family::Gemma3 => Weights::Gemma3(gemma3::Model::from_gguf(
-            &content, reader, device, requantize,
+            &content, reader, device, requantize, own,
         )?),
     })
 }
@@ -1366,19 +1374,21 @@ mod decoder {
     use std::io::{Read, Seek};
 
     use candle_core::quantized::gguf_file::{Content, Value};
-    use candle_core::quantized::{QMatMul, QTensor};
+    use candle_core::quantized::QTensor;
     use candle_core::{Device, Module, Result, Tensor};
     use candle_nn::Embedding;
     use candle_transformers::quantized_nn::RmsNorm;
 
-    use super::layers::{attend, causal_mask, fast_kernels, scaled_attention, Rope, MAX_POSITIONS};
+    use super::layers::{
+        attend, causal_mask, fast_kernels, scaled_attention, Linear, Rope, MAX_POSITIONS,
+    };
 
     #[derive(Debug, Clone)]
     struct Attention {
-        q: QMatMul,
-        k: QMatMul,
-        v: QMatMul,
-        o: QMatMul,
+        q: Linear,
+        k: Linear,
+        v: Linear,
+        o: Linear,
         /// Qwen2's projection biases (query, key, value).
         biases: Option<(Tensor, Tensor, Tensor)>,
         heads: usize,
@@ -1441,7 +1451,7 @@ mod decoder {
         /// Queries, keys and values `(batch, heads, t, head_dim)` of `x`.
         fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
             let (b, t, _) = x.dims3()?;
-            let project = |w: &QMatMul, bias: Option<&Tensor>, heads: usize| -> Result<Tensor> {
+            let project = |w: &Linear, bias: Option<&Tensor>, heads: usize| -> Result<Tensor> {
                 let y = w.forward(x)?;
                 let y = match bias {
                     Some(bias) => y.broadcast_add(bias)?,
@@ -1468,9 +1478,9 @@ mod decoder {
         attn_norm: RmsNorm,
         attn: Attention,
         ffn_norm: RmsNorm,
-        gate: QMatMul,
-        up: QMatMul,
-        down: QMatMul,
+        gate: Linear,
+        up: Linear,
+        down: Linear,
     }
 
     impl Layer {
@@ -1488,7 +1498,7 @@ mod decoder {
         embed: Embedding,
         layers: Vec<Layer>,
         norm: RmsNorm,
-        head: QMatMul,
+        head: Linear,
         rope: Rope,
         device: Device,
     }
@@ -1503,6 +1513,7 @@ mod decoder {
             device: &Device,
             arch: &str,
             requantize: bool,
+            own_kernels: bool,
         ) -> Result<Self> {
             let md = |key: &str| -> Result<&Value> {
                 ct.metadata.get(&format!("{arch}.{key}")).ok_or_else(|| {
@@ -1548,9 +1559,9 @@ mod decoder {
             let embed_q = tensor("token_embd.weight")?;
             let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
             let head = if ct.tensor_infos.contains_key("output.weight") {
-                QMatMul::from_qtensor(tensor("output.weight")?)?
+                Linear::new(own_kernels, tensor("output.weight")?)?
             } else {
-                QMatMul::from_qtensor(embed_q)?
+                Linear::new(own_kernels, embed_q)?
             };
             let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
             let mut layers = Vec::with_capacity(blocks);
@@ -1569,10 +1580,10 @@ mod decoder {
                     None
                 };
                 let attn = Attention {
-                    q: QMatMul::from_qtensor(w("attn_q.weight")?)?,
-                    k: QMatMul::from_qtensor(w("attn_k.weight")?)?,
-                    v: QMatMul::from_qtensor(w("attn_v.weight")?)?,
-                    o: QMatMul::from_qtensor(w("attn_output.weight")?)?,
+                    q: Linear::new(own_kernels, w("attn_q.weight")?)?,
+                    k: Linear::new(own_kernels, w("attn_k.weight")?)?,
+                    v: Linear::new(own_kernels, w("attn_v.weight")?)?,
+                    o: Linear::new(own_kernels, w("attn_output.weight")?)?,
                     biases,
                     heads,
                     kv_heads,
@@ -1583,9 +1594,9 @@ mod decoder {
                     attn_norm: RmsNorm::from_qtensor(w("attn_norm.weight")?, eps)?,
                     attn,
                     ffn_norm: RmsNorm::from_qtensor(w("ffn_norm.weight")?, eps)?,
-                    gate: QMatMul::from_qtensor(w("ffn_gate.weight")?)?,
-                    up: QMatMul::from_qtensor(w("ffn_up.weight")?)?,
-                    down: QMatMul::from_qtensor(w("ffn_down.weight")?)?,
+                    gate: Linear::new(own_kernels, w("ffn_gate.weight")?)?,
+                    up: Linear::new(own_kernels, w("ffn_up.weight")?)?,
+                    down: Linear::new(own_kernels, w("ffn_down.weight")?)?,
                 });
             }
             let positions = context.min(MAX_POSITIONS);
@@ -1681,8 +1692,42 @@ mod decoder {
 
 /// Pieces shared by our decoder implementations ([`qwen2`], [`gemma3`]).
 mod layers {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{DType, Device, Result, Tensor};
+    use std::sync::Arc;
+
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{DType, Device, Module, Result, Tensor};
+
+    use crate::models::q8_0::Q8Matrix;
+
+    /// A weight matrix with the fastest product for its type here: our
+    /// Q8_0 kernel where it runs (see [`crate::models::q8_0`]), candle's
+    /// `QMatMul` for everything else. Clones share the weights.
+    #[derive(Debug, Clone)]
+    pub enum Linear {
+        Candle(QMatMul),
+        Q8(Arc<Q8Matrix>),
+    }
+
+    impl Linear {
+        /// `own_kernels: false` always takes candle's product.
+        pub fn new(own_kernels: bool, t: QTensor) -> Result<Self> {
+            if own_kernels {
+                if let Some(m) = Q8Matrix::from_qtensor(&t)? {
+                    return Ok(Linear::Q8(Arc::new(m)));
+                }
+            }
+            Ok(Linear::Candle(QMatMul::from_qtensor(t)?))
+        }
+    }
+
+    impl Module for Linear {
+        fn forward(&self, x: &Tensor) -> Result<Tensor> {
+            match self {
+                Linear::Candle(m) => m.forward(x),
+                Linear::Q8(m) => m.forward(x),
+            }
+        }
+    }
 
     /// Re-quantizes Q4_1, Q5_0 and Q5_1 tensors to Q8_0 on x86 CPUs.
     ///
@@ -1918,27 +1963,27 @@ mod gemma3 {
     use std::io::{Read, Seek};
 
     use candle_core::quantized::gguf_file::{Content, Value};
-    use candle_core::quantized::{QMatMul, QTensor};
+    use candle_core::quantized::QTensor;
     use candle_core::{Device, Module, Result, Tensor};
     use candle_nn::Embedding;
     use candle_transformers::quantized_nn::RmsNorm;
 
-    use super::layers::{attend, causal_mask, fast_kernels, Rope, MAX_POSITIONS};
+    use super::layers::{attend, causal_mask, fast_kernels, Linear, Rope, MAX_POSITIONS};
 
     #[derive(Debug, Clone)]
     struct Layer {
         attn_norm: RmsNorm,
-        q: QMatMul,
-        k: QMatMul,
-        v: QMatMul,
-        o: QMatMul,
+        q: Linear,
+        k: Linear,
+        v: Linear,
+        o: Linear,
         q_norm: RmsNorm,
         k_norm: RmsNorm,
         post_attn_norm: RmsNorm,
         ffn_norm: RmsNorm,
-        gate: QMatMul,
-        up: QMatMul,
-        down: QMatMul,
+        gate: Linear,
+        up: Linear,
+        down: Linear,
         post_ffn_norm: RmsNorm,
         /// `Some(window)` for sliding-window (local) layers.
         window: Option<usize>,
@@ -1952,7 +1997,7 @@ mod gemma3 {
         embed_scale: f64,
         layers: Vec<Layer>,
         norm: RmsNorm,
-        head: QMatMul,
+        head: Linear,
         local_rope: Rope,
         global_rope: Rope,
         heads: usize,
@@ -1968,6 +2013,7 @@ mod gemma3 {
             reader: &mut R,
             device: &Device,
             requantize: bool,
+            own_kernels: bool,
         ) -> Result<Self> {
             let md = |key: &str| -> Result<&Value> {
                 ct.metadata.get(&format!("gemma3.{key}")).ok_or_else(|| {
@@ -2006,9 +2052,9 @@ mod gemma3 {
             let embed_q = tensor("token_embd.weight")?;
             let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
             let head = if ct.tensor_infos.contains_key("output.weight") {
-                QMatMul::from_qtensor(tensor("output.weight")?)?
+                Linear::new(own_kernels, tensor("output.weight")?)?
             } else {
-                QMatMul::from_qtensor(embed_q)?
+                Linear::new(own_kernels, embed_q)?
             };
             let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
             let mut layers = Vec::with_capacity(blocks);
@@ -2025,7 +2071,7 @@ mod gemma3 {
                     norm("ffn_norm.weight")?,
                     norm("post_ffw_norm.weight")?,
                 );
-                let mut matrix = |name: &str| QMatMul::from_qtensor(w(name)?);
+                let mut matrix = |name: &str| Linear::new(own_kernels, w(name)?);
                 layers.push(Layer {
                     attn_norm,
                     q: matrix("attn_q.weight")?,

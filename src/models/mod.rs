@@ -12,6 +12,7 @@ pub mod hub;
 pub mod m2m100;
 pub mod marian;
 pub mod packages;
+pub mod q8_0;
 pub mod seq2seq;
 pub mod spm;
 pub mod t5;

@@ -542,7 +542,10 @@ enum Agreement {
 /// Returns the largest KL divergence seen.
 fn compare_with_candle(path: &Path, tokens: &[u32], agreement: Agreement) -> Result<f64> {
     let mut reference = Reference::load(path)?;
-    let exact = LoadOptions { requantize: false };
+    let exact = LoadOptions {
+        requantize: false,
+        ..LoadOptions::default()
+    };
     let mut ours = CausalModel::load_with("ours", path, None, &Device::Cpu, &exact)?;
     let n = tokens.len();
     let mut worst = 0.0f64;
@@ -699,7 +702,10 @@ fn check_real_decoder(env: &str, package: &str, kl_limit: f64) -> Result<()> {
         .get_ids()
         .to_vec();
 
-    let exact = LoadOptions { requantize: false };
+    let exact = LoadOptions {
+        requantize: false,
+        ..LoadOptions::default()
+    };
     let mut exact = CausalModel::load_with(package, &path, None, &Device::Cpu, &exact)?;
     let a = exact.forward_logits(&tokens, 0)?;
     let b = fast.forward_logits(&tokens, 0)?;
@@ -938,7 +944,10 @@ fn causal_speed_report() -> Result<()> {
         // decode: 64 single-token steps after a short prompt, with the
         // file's tensors as stored and re-quantized
         for requantize in [false, true] {
-            let options = LoadOptions { requantize };
+            let options = LoadOptions {
+                requantize,
+                ..LoadOptions::default()
+            };
             let mut model = CausalModel::load_with(package, &path, None, &Device::Cpu, &options)?;
             let ids = model
                 .tokenizer()

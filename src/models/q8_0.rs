@@ -1,0 +1,438 @@
+//! Q8_0 matrix products for the GGUF decoders on x86-64 CPUs.
+//!
+//! Most layer weights of the packaged SmolLM2 (Q4_1) and Qwen2.5-Coder-0.5B
+//! (Q5_0) files end up as Q8_0 at load (see `fast_kernels` in
+//! `causal.rs`), so this one product is where those models spend their
+//! time. candle 0.11.1 multiplies Q8_0 weights one dot product at a time
+//! with AVX2 (its four-column kernels exist for NEON and the K-quants
+//! only), re-reading every activation block once per weight row. Written
+//! here because no maintained crate offers a Q8_0 product over GGUF blocks
+//! that plugs into candle tensors: this kernel computes tiles of four
+//! activation rows by four weight rows, so each loaded block serves four
+//! products, and uses the AVX-512 VNNI dot-product instruction where the
+//! CPU has it (one instruction for what AVX2 needs three for).
+//!
+//! Arithmetic as candle's (and llama.cpp's) Q8_0 x Q8_0: each activation
+//! row is cut into blocks of 32, scaled by `max|x| / 127`, rounded to
+//! 8-bit integers; integer block dot products are scaled by the product of
+//! the two f16 block scales and summed in f32. Results equal candle's to
+//! float-summation order (tested against `QMatMul`).
+//!
+//! The work is spread over candle's CPU thread pool (`CANDLE_NUM_THREADS`),
+//! so the pipeline's layout of workers and math threads holds for it too.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Result, Tensor};
+use half::f16;
+
+/// Values per Q8_0 block.
+const BLOCK: usize = 32;
+/// Bytes per Q8_0 block in GGUF: an f16 scale, then 32 signed bytes.
+const BLOCK_BYTES: usize = 2 + BLOCK;
+
+/// Rows interleaved per group in [`Q8Matrix`]'s layout.
+const GROUP: usize = 4;
+/// Bytes of one block of a group: four rows' 32 values, then their four
+/// f16 scales (the same 34 bytes a block as GGUF's layout).
+const GROUP_BLOCK_BYTES: usize = GROUP * (BLOCK + 2);
+
+/// A Q8_0 weight matrix `(rows, cols)` (rows = output features, a multiple
+/// of 4), re-laid so that the kernel reads one sequential stream per four
+/// rows: for each group of four rows and each block of 32 columns, the
+/// four rows' 32 values, then their four f16 scales.
+#[derive(Debug)]
+pub struct Q8Matrix {
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+/// Which instruction set the kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx2,
+    Vnni,
+}
+
+fn isa() -> Option<Isa> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            return None;
+        }
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            return Some(Isa::Vnni);
+        }
+        Some(Isa::Avx2)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// Whether this CPU runs the kernel (x86-64 with AVX2, FMA and F16C).
+pub fn available() -> bool {
+    isa().is_some()
+}
+
+impl Q8Matrix {
+    /// The matrix of a 2-D Q8_0 tensor on the CPU; `None` for other types,
+    /// devices, or a CPU the kernel does not run on.
+    pub fn from_qtensor(t: &QTensor) -> Result<Option<Q8Matrix>> {
+        if t.dtype() != GgmlDType::Q8_0 || !t.device().is_cpu() || !available() {
+            return Ok(None);
+        }
+        let (rows, cols) = match t.shape().dims() {
+            &[rows, cols] => (rows, cols),
+            _ => return Ok(None),
+        };
+        let raw = t.data()?;
+        let blocks = cols / BLOCK;
+        if cols % BLOCK != 0 || rows % GROUP != 0 || raw.len() != rows * blocks * BLOCK_BYTES {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(rows / GROUP * blocks * GROUP_BLOCK_BYTES);
+        let block_of =
+            |row: usize, b: usize| &raw[(row * blocks + b) * BLOCK_BYTES..][..BLOCK_BYTES];
+        for g in (0..rows).step_by(GROUP) {
+            for b in 0..blocks {
+                for r in 0..GROUP {
+                    data.extend_from_slice(&block_of(g + r, b)[2..]);
+                }
+                for r in 0..GROUP {
+                    data.extend_from_slice(&block_of(g + r, b)[..2]);
+                }
+            }
+        }
+        Ok(Some(Q8Matrix { rows, cols, data }))
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The 32 values and the scale of block `b` of row `row`.
+    fn block(&self, row: usize, b: usize) -> (&[u8], f32) {
+        let at = (row / GROUP * (self.cols / BLOCK) + b) * GROUP_BLOCK_BYTES;
+        let group = &self.data[at..at + GROUP_BLOCK_BYTES];
+        let r = row % GROUP;
+        let scale = &group[GROUP * BLOCK + 2 * r..][..2];
+        (
+            &group[r * BLOCK..][..BLOCK],
+            f16::from_le_bytes([scale[0], scale[1]]).to_f32(),
+        )
+    }
+
+    /// `x W^T` for `x` of shape `(..., cols)`: `(..., rows)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let k = *dims.last().unwrap_or(&0);
+        if k != self.cols {
+            candle_core::bail!(
+                "Q8_0 product: input has {k} features, the matrix {}",
+                self.cols
+            );
+        }
+        let m = x.elem_count() / k.max(1);
+        let xs = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let out = self.matmul(&xs, m);
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.rows;
+        Tensor::from_vec(out, out_dims, &Device::Cpu)
+    }
+
+    /// `(m, cols) x (rows, cols)^T`, row-major.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.cols, "Q8_0 product: input length");
+        let a = Activations::quantize(x, m, self.cols);
+        let mut out = vec![0f32; m * self.rows];
+        match isa() {
+            #[cfg(target_arch = "x86_64")]
+            Some(isa) => {
+                // SAFETY: the instruction set was detected at run time.
+                unsafe { x86::matmul(isa, &a, self, &mut out) }
+            }
+            _ => scalar_matmul(&a, self, &mut out),
+        }
+        out
+    }
+}
+
+/// Activation rows quantized to Q8_0.
+struct Activations {
+    rows: usize,
+    quants: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Activations {
+    /// As candle's `BlockQ8_0::from_float`: scale `d = max|x| / 127`
+    /// (stored as f16), values `round(x / d)` with the unrounded `d`.
+    fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+        let mut quants = vec![0i8; rows * cols];
+        let mut scales = Vec::with_capacity(rows * cols / BLOCK);
+        for (xs, qs) in x.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)) {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            scales.push(f16::from_f32(d).to_f32());
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                *q = (v * id).round() as i8;
+            }
+        }
+        Activations {
+            rows,
+            quants,
+            scales,
+        }
+    }
+}
+
+/// The reference the SIMD kernels are tested against.
+fn scalar_matmul(a: &Activations, w: &Q8Matrix, out: &mut [f32]) {
+    let blocks = w.cols / BLOCK;
+    for i in 0..a.rows {
+        for j in 0..w.rows {
+            let mut sum = 0f32;
+            for b in 0..blocks {
+                let aq = &a.quants[(i * blocks + b) * BLOCK..][..BLOCK];
+                let (wq, ws) = w.block(j, b);
+                let dot: i32 = aq
+                    .iter()
+                    .zip(wq)
+                    .map(|(&x, &y)| x as i32 * y as i8 as i32)
+                    .sum();
+                sum += dot as f32 * a.scales[i * blocks + b] * ws;
+            }
+            out[i * w.rows + j] = sum;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Activations, Isa, Q8Matrix, BLOCK, GROUP, GROUP_BLOCK_BYTES};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// Integer dot products of 32 signed bytes, as 8 f32 lanes (AVX2:
+    /// `maddubs` needs one unsigned operand, so the signs move to `a`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_avx2(a: __m256i, w: __m256i) -> __m256 {
+        let abs_w = _mm256_sign_epi8(w, w);
+        let signed_a = _mm256_sign_epi8(a, w);
+        let pairs = _mm256_maddubs_epi16(abs_w, signed_a);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    /// The same with one VNNI instruction for the multiply-add chain.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    unsafe fn dot_vnni(a: __m256i, w: __m256i) -> __m256 {
+        let abs_w = _mm256_sign_epi8(w, w);
+        let signed_a = _mm256_sign_epi8(a, w);
+        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), abs_w, signed_a))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Raw pointers to the operands, shareable between the pool's threads.
+    #[derive(Clone, Copy)]
+    struct Operands {
+        a_q: *const i8,
+        a_s: *const f32,
+        /// [`Q8Matrix`]'s grouped layout.
+        w: *const u8,
+        out: *mut f32,
+        /// Blocks per row (both operands).
+        blocks: usize,
+        /// Output row length (weight rows).
+        n: usize,
+    }
+    // SAFETY: the threads only read the inputs and write disjoint outputs.
+    unsafe impl Send for Operands {}
+    unsafe impl Sync for Operands {}
+
+    /// `tile_R`: output rows `i..i + R` by the four columns of group `g`.
+    macro_rules! tile {
+        ($name:ident, $features:literal, $dot:ident, $r:literal) => {
+            #[target_feature(enable = $features)]
+            unsafe fn $name(o: Operands, i: usize, g: usize) {
+                let mut acc = [[_mm256_setzero_ps(); GROUP]; $r];
+                let mut w = o.w.add(g * o.blocks * GROUP_BLOCK_BYTES);
+                for b in 0..o.blocks {
+                    let mut wq = [_mm256_setzero_si256(); GROUP];
+                    let mut ws = [0f32; GROUP];
+                    for c in 0..GROUP {
+                        wq[c] = _mm256_loadu_si256(w.add(c * BLOCK) as *const __m256i);
+                        let bits = (w.add(GROUP * BLOCK + 2 * c) as *const u16).read_unaligned();
+                        ws[c] = f16::from_bits(bits).to_f32();
+                    }
+                    for r in 0..$r {
+                        let at = (i + r) * o.blocks + b;
+                        let aq = _mm256_loadu_si256(o.a_q.add(at * BLOCK) as *const __m256i);
+                        let ad = *o.a_s.add(at);
+                        for c in 0..GROUP {
+                            let d = _mm256_set1_ps(ad * ws[c]);
+                            acc[r][c] = _mm256_fmadd_ps(d, $dot(aq, wq[c]), acc[r][c]);
+                        }
+                    }
+                    w = w.add(GROUP_BLOCK_BYTES);
+                }
+                for r in 0..$r {
+                    for c in 0..GROUP {
+                        *o.out.add((i + r) * o.n + GROUP * g + c) = hsum(acc[r][c]);
+                    }
+                }
+            }
+        };
+    }
+
+    /// All tiles of one instruction set, and the loop over a range of
+    /// groups of four weight rows.
+    macro_rules! kernels {
+        ($module:ident, $features:literal, $dot:ident) => {
+            mod $module {
+                use super::*;
+                tile!(t4, $features, $dot, 4);
+                tile!(t1, $features, $dot, 1);
+
+                /// The output columns of `groups` for all `m` rows.
+                #[target_feature(enable = $features)]
+                pub(super) unsafe fn columns(
+                    o: Operands,
+                    m: usize,
+                    groups: std::ops::Range<usize>,
+                ) {
+                    let full = m - m % 4;
+                    for g in groups {
+                        for i in (0..full).step_by(4) {
+                            t4(o, i, g);
+                        }
+                        for i in full..m {
+                            t1(o, i, g);
+                        }
+                    }
+                }
+            }
+        };
+    }
+
+    kernels!(avx2, "avx2,fma,f16c", dot_avx2);
+    kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dot_vnni);
+
+    /// # Safety
+    /// The CPU must support `isa`.
+    pub(super) unsafe fn matmul(isa: Isa, a: &Activations, w: &Q8Matrix, out: &mut [f32]) {
+        let o = Operands {
+            a_q: a.quants.as_ptr(),
+            a_s: a.scales.as_ptr(),
+            w: w.data.as_ptr(),
+            out: out.as_mut_ptr(),
+            blocks: w.cols / BLOCK,
+            n: w.rows,
+        };
+        let m = a.rows;
+        candle_core::utils::barrier_pool().execute_chunked(w.rows / GROUP, |groups| {
+            // SAFETY: as the caller promised; each call writes only the
+            // output columns of its groups.
+            unsafe {
+                match isa {
+                    Isa::Avx2 => avx2::columns(o, m, groups),
+                    Isa::Vnni => vnni::columns(o, m, groups),
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A seeded filler (xorshift), values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn q8(rows: usize, cols: usize, seed: u64) -> (Tensor, QTensor) {
+        let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        (w, q)
+    }
+
+    #[test]
+    fn equals_candle_and_the_scalar_reference() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA");
+            return;
+        }
+        // shapes with row and column tails (m % 4, n % 4 != 0), one row
+        for (m, n, k) in [(1, 64, 96), (7, 132, 64), (13, 36, 256), (4, 4, 32)] {
+            let (_, q) = q8(n, k, 7 + n as u64);
+            let ours = Q8Matrix::from_qtensor(&q).unwrap().unwrap();
+            let x = values(m * k, 99 + m as u64);
+            let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+            let candle = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
+            let expected: Vec<f32> = candle_core::Module::forward(&candle, &xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let got = ours.matmul(&x, m);
+            let a = Activations::quantize(&x, m, k);
+            let mut scalar = vec![0f32; m * n];
+            scalar_matmul(&a, &ours, &mut scalar);
+            for ((e, g), s) in expected.iter().zip(&got).zip(&scalar) {
+                assert!(
+                    (e - g).abs() <= 1e-4 * (1.0 + e.abs()),
+                    "{m}x{n}x{k}: {e} vs {g}"
+                );
+                assert!(
+                    (s - g).abs() <= 1e-4 * (1.0 + s.abs()),
+                    "{m}x{n}x{k}: {s} vs {g}"
+                );
+            }
+            let y = ours.forward(&xt.reshape((1, m, k)).unwrap()).unwrap();
+            assert_eq!(y.dims(), &[1, m, n]);
+        }
+    }
+
+    #[test]
+    fn other_types_and_shapes_are_left_to_candle() {
+        let w = Tensor::from_vec(values(64 * 64, 3), (64, 64), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4_0).unwrap();
+        assert!(Q8Matrix::from_qtensor(&q).unwrap().is_none());
+        // rows not a multiple of the group of four
+        let (_, q) = q8(66, 64, 5);
+        assert!(Q8Matrix::from_qtensor(&q).unwrap().is_none());
+    }
+}
