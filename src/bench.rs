@@ -176,8 +176,12 @@ pub fn raw_speed(
         .to_vec();
     ids.truncate(sizes.prompt_tokens.max(1));
     let argmax = crate::generate::decode::argmax;
-    // Warm-up: the first pass pays for allocations and page faults.
-    model.forward_logits(&ids[..ids.len().min(8)], 0)?;
+    // Warm-up over the whole prompt and one decode step: the first pass
+    // pays for allocations and page faults, and candle re-lays K-quant
+    // weights for its many-row kernels on their first use (about 4 s for
+    // the 1.5B model: once per process, not per prompt).
+    let warm = model.forward_logits(&ids, 0)?;
+    model.forward_logits(&[argmax(&warm)], ids.len())?;
     let t = Instant::now();
     let mut logits = model.forward_logits(&ids, 0)?;
     let prefill = t.elapsed().as_secs_f64();
