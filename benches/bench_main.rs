@@ -9,4 +9,5 @@ criterion::criterion_main! {
     benchmarks::text::benches,
     benchmarks::io::benches,
     benchmarks::seq2seq::benches,
+    benchmarks::causal::benches,
 }

