@@ -27,6 +27,8 @@ pub mod merge;
 pub mod models;
 pub mod output;
 pub mod pipeline;
+#[doc(hidden)]
+pub mod seeded;
 pub mod text;
 
 pub use error::{Error, Result};

@@ -14,31 +14,19 @@ use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
 use tidings::models::causal::CausalModel;
 use tidings::models::packages;
 use tidings::models::q8_0::Q8Matrix;
-
-/// Seeded values in [-1, 1) (xorshift; candle's CPU RNG cannot be seeded).
-fn seeded(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+use tidings::seeded::values;
 
 fn q8_0_product(c: &mut Criterion) {
     // Qwen2.5-0.5B's gate/up projection: 896 inputs, 4864 outputs.
     let (k, n) = (896, 4864);
-    let w = Tensor::from_vec(seeded(n * k, 1), (n, k), &Device::Cpu).unwrap();
+    let w = Tensor::from_vec(values(n * k, 1), (n, k), &Device::Cpu).unwrap();
     let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
     let ours = Q8Matrix::from_qtensor(&q).unwrap();
     let candle = QMatMul::from_qtensor(q).unwrap();
     let mut g = c.benchmark_group("q8_0 product 896x4864");
     g.sample_size(20);
     for m in [1usize, 32, 200] {
-        let x = Tensor::from_vec(seeded(m * k, 2 + m as u64), (m, k), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(values(m * k, 2 + m as u64), (m, k), &Device::Cpu).unwrap();
         g.throughput(Throughput::Elements((m * n * k) as u64));
         g.bench_with_input(BenchmarkId::new("candle", m), &x, |b, x| {
             b.iter(|| candle.forward(x).unwrap())

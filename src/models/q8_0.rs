@@ -370,6 +370,26 @@ mod x86 {
         };
     }
 
+    /// The loop over a range of groups of four weight rows, all `m` output
+    /// rows each, with the tiles `t4` and `t1` in scope.
+    macro_rules! columns {
+        ($features:literal) => {
+            /// The output columns of `groups` for all `m` rows.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn columns(o: Operands, m: usize, groups: std::ops::Range<usize>) {
+                let full = m - m % 4;
+                for g in groups {
+                    for i in (0..full).step_by(4) {
+                        t4(o, i, g);
+                    }
+                    for i in full..m {
+                        t1(o, i, g);
+                    }
+                }
+            }
+        };
+    }
+
     /// All tiles of one instruction set, and the loop over a range of
     /// groups of four weight rows.
     macro_rules! kernels {
@@ -378,24 +398,7 @@ mod x86 {
                 use super::*;
                 tile!(t4, $features, $dot, 4);
                 tile!(t1, $features, $dot, 1);
-
-                /// The output columns of `groups` for all `m` rows.
-                #[target_feature(enable = $features)]
-                pub(super) unsafe fn columns(
-                    o: Operands,
-                    m: usize,
-                    groups: std::ops::Range<usize>,
-                ) {
-                    let full = m - m % 4;
-                    for g in groups {
-                        for i in (0..full).step_by(4) {
-                            t4(o, i, g);
-                        }
-                        for i in full..m {
-                            t1(o, i, g);
-                        }
-                    }
-                }
+                columns!($features);
             }
         };
     }
@@ -461,21 +464,8 @@ mod x86 {
         use super::*;
         tile512!(t4, 4);
         tile512!(t1, 1);
-
-        /// The output columns of `groups` for all `m` rows; the VNNI
-        /// layout with corrections and an even number of blocks.
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-        pub(super) unsafe fn columns(o: Operands, m: usize, groups: std::ops::Range<usize>) {
-            let full = m - m % 4;
-            for g in groups {
-                for i in (0..full).step_by(4) {
-                    t4(o, i, g);
-                }
-                for i in full..m {
-                    t1(o, i, g);
-                }
-            }
-        }
+        // the VNNI layout with corrections and an even number of blocks
+        columns!("avx2,fma,f16c,avx512f,avx512bw,avx512vnni");
     }
 
     /// # Safety
@@ -513,21 +503,13 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// A seeded filler (xorshift), values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
     fn q8(rows: usize, cols: usize, seed: u64) -> (Tensor, QTensor) {
-        let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(
+            crate::seeded::values(rows * cols, seed),
+            (rows, cols),
+            &Device::Cpu,
+        )
+        .unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         (w, q)
     }
@@ -553,7 +535,7 @@ mod tests {
         {
             let (_, q) = q8(n, k, 7 + n as u64);
             let ours = Q8Matrix::for_isa(&q, kernel).unwrap().unwrap();
-            let x = values(m * k, 99 + m as u64);
+            let x = crate::seeded::values(m * k, 99 + m as u64);
             let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
             let candle = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
             let expected: Vec<f32> = candle_core::Module::forward(&candle, &xt)
@@ -583,7 +565,8 @@ mod tests {
 
     #[test]
     fn other_types_and_shapes_are_left_to_candle() {
-        let w = Tensor::from_vec(values(64 * 64, 3), (64, 64), &Device::Cpu).unwrap();
+        let w =
+            Tensor::from_vec(crate::seeded::values(64 * 64, 3), (64, 64), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q4_0).unwrap();
         assert!(Q8Matrix::from_qtensor(&q).unwrap().is_none());
         // rows not a multiple of the group of four
