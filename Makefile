@@ -15,6 +15,7 @@ help:
 	@echo "make test-fast   tests with generated tiny models only"
 	@echo "make spark-test  tidings as a Spark pipe stage, end to end (installs pyspark in a cached venv)"
 	@echo "make lint        rustfmt and clippy, as CI runs them"
+	@echo "make cuda-bundle build with --features cuda from PyPI's CUDA 13.0 packages; pack dist/gpu-bench"
 
 build:
 	$(CARGO) build --release --locked
@@ -55,6 +56,12 @@ clean:
 # (benches/peers/run.sh: 2 threads, 500 NTREX sentences, on a quiet machine).
 # Installs the peers into ${TIDINGS_CACHE:-~/.cache/tidings}/peers-venv
 # (about 3.5 GB with torch). `make peers QUICK=1` for 50 sentences.
+# A CUDA build without a system toolkit, packed with its libraries, jobs and
+# models into dist/gpu-bench for a GPU machine (scripts/build-cuda.sh --help).
+.PHONY: cuda-bundle
+cuda-bundle:
+	scripts/build-cuda.sh
+
 .PHONY: peers
 peers: build
 	benches/peers/run.sh $(if $(QUICK),--quick)

@@ -189,12 +189,26 @@ impl DeviceSpec {
             DeviceSpec::Cuda(i) => candle_core::Device::new_cuda(i).map_err(|e| (e, "cuda")),
             DeviceSpec::Metal => candle_core::Device::new_metal(0).map_err(|e| (e, "metal")),
         };
-        what.map_err(|(source, name)| Error::Candle {
-            model: "-".into(),
-            context: format!(
-                "cannot open the {name} device (was tidings built with `--features {name}`?)"
-            ),
-            source: Box::new(source),
+        what.map_err(|(source, name)| {
+            let built = match name {
+                "cuda" => cfg!(feature = "cuda"),
+                _ => cfg!(feature = "metal"),
+            };
+            let hint = if built {
+                match name {
+                    "cuda" => "is there an NVIDIA GPU, and a driver new enough for the CUDA \
+                               version tidings was built with?"
+                        .to_string(),
+                    _ => "is this a Mac with a Metal GPU?".to_string(),
+                }
+            } else {
+                format!("this tidings was built without it: rebuild with `--features {name}`")
+            };
+            Error::Candle {
+                model: "-".into(),
+                context: format!("cannot open the {name} device ({hint})"),
+                source: Box::new(source),
+            }
         })
     }
 }

@@ -181,6 +181,14 @@ fn job_level_errors_exit_2_with_a_message_naming_the_culprit() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("blocker"), "{}", stderr(&o));
+    // A GPU device this build or machine cannot open: say which and why.
+    let o = run(&job(dir.path(), "in.jsonl", ""), &["--device", "cuda"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("cannot open the cuda device"), "{err}");
+    if !cfg!(feature = "cuda") {
+        assert!(err.contains("rebuild with `--features cuda`"), "{err}");
+    }
 }
 
 #[test]
