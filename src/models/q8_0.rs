@@ -224,6 +224,16 @@ impl Activations {
     /// As candle's `BlockQ8_0::from_float`: scale `d = max|x| / 127`
     /// (stored as f16), values `round(x / d)` with the unrounded `d`.
     fn quantize(x: &[f32], rows: usize, cols: usize, corrections: bool) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if isa().is_some() {
+            // SAFETY: AVX2, FMA and F16C were detected at run time.
+            return unsafe { x86::quantize(x, rows, cols, corrections) };
+        }
+        Self::quantize_scalar(x, rows, cols, corrections)
+    }
+
+    /// [`Activations::quantize`] without SIMD (and the reference for it).
+    fn quantize_scalar(x: &[f32], rows: usize, cols: usize, corrections: bool) -> Self {
         let mut quants = vec![0i8; rows * cols];
         let mut scales = Vec::with_capacity(rows * cols / BLOCK);
         for (xs, qs) in x.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)) {
@@ -309,6 +319,74 @@ mod x86 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
+    }
+
+    /// [`Activations::quantize`] with AVX2: the same scale; values rounded
+    /// to nearest with ties to even (the scalar path rounds ties away from
+    /// zero: an exact tie of `x / d` is the only case where they differ).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn quantize(
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        corrections: bool,
+    ) -> Activations {
+        let blocks = rows * cols / BLOCK;
+        let mut quants = vec![0i8; rows * cols];
+        let mut scales = Vec::with_capacity(blocks);
+        let mut corr = if corrections {
+            vec![0i32; blocks * 8]
+        } else {
+            Vec::new()
+        };
+        let sign = _mm256_set1_ps(-0.0);
+        // packs interleave 128-bit lanes; this puts the bytes back in order
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for b in 0..blocks {
+            let p = x.as_ptr().add(b * BLOCK);
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let mut m = _mm256_andnot_ps(sign, v[0]);
+            for x in &v[1..] {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *x));
+            }
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+            scales.push(f16::from_f32(d).to_f32());
+            let q = |x: __m256| {
+                _mm256_cvtps_epi32(_mm256_round_ps(
+                    _mm256_mul_ps(x, id),
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+                ))
+            };
+            let lo = _mm256_packs_epi32(q(v[0]), q(v[1]));
+            let hi = _mm256_packs_epi32(q(v[2]), q(v[3]));
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
+            _mm256_storeu_si256(quants.as_mut_ptr().add(b * BLOCK) as *mut __m256i, bytes);
+            if corrections {
+                // sums of four consecutive values, times -128
+                let pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), bytes);
+                let fours = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+                let c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(fours, 7));
+                _mm256_storeu_si256(corr.as_mut_ptr().add(b * 8) as *mut __m256i, c);
+            }
+        }
+        Activations {
+            rows,
+            quants,
+            scales,
+            corrections: corr,
+        }
     }
 
     /// Raw pointers to the operands, shareable between the pool's threads.
@@ -560,6 +638,23 @@ mod tests {
             }
             let y = ours.forward(&xt.reshape((1, m, k)).unwrap()).unwrap();
             assert_eq!(y.dims(), &[1, m, n]);
+        }
+    }
+
+    #[test]
+    fn simd_activation_quantization_equals_the_scalar_one() {
+        if !available() {
+            return;
+        }
+        let mut x = crate::seeded::values(64 * 96, 11);
+        x[..32].fill(0.0); // an all-zero block
+        x[40] = 1e-30; // a tiny one
+        for corrections in [false, true] {
+            let fast = Activations::quantize(&x, 64, 96, corrections);
+            let slow = Activations::quantize_scalar(&x, 64, 96, corrections);
+            assert_eq!(fast.quants, slow.quants);
+            assert_eq!(fast.scales, slow.scales);
+            assert_eq!(fast.corrections, slow.corrections);
         }
     }
 
