@@ -19,8 +19,8 @@
 //!   again; with AVX2 alone, the usual sign trick and `vpmaddubsw`.
 //!
 //! Measured (2-core AVX-512 VM, same binary, `TIDINGS_KERNELS=candle`
-//! against the default): Qwen2.5-Coder-0.5B prefill 1.78x, decode 1.27x;
-//! SmolLM2-135M prefill 1.43x, decode 1.14x (BENCHMARKS.md).
+//! against the default): Qwen2.5-Coder-0.5B prefill 2.09x, decode 1.35x;
+//! SmolLM2-135M prefill 2.18x, decode 1.15x (BENCHMARKS.md).
 //!
 //! Arithmetic as candle's (and llama.cpp's) Q8_0 x Q8_0: each activation
 //! row is cut into blocks of 32, scaled by `max|x| / 127`, rounded to
