@@ -231,7 +231,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             requantize: true,
-            own_kernels: std::env::var("TIDINGS_KERNELS").map_or(true, |v| v != "candle"),
+            own_kernels: super::q8_0::own_kernels_by_default(),
         }
     }
 }
@@ -1692,42 +1692,10 @@ mod decoder {
 
 /// Pieces shared by our decoder implementations ([`qwen2`], [`gemma3`]).
 mod layers {
-    use std::sync::Arc;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{DType, Device, Result, Tensor};
 
-    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-    use candle_core::{DType, Device, Module, Result, Tensor};
-
-    use crate::models::q8_0::Q8Matrix;
-
-    /// A weight matrix with the fastest product for its type here: our
-    /// Q8_0 kernel where it runs (see [`crate::models::q8_0`]), candle's
-    /// `QMatMul` for everything else. Clones share the weights.
-    #[derive(Debug, Clone)]
-    pub enum Linear {
-        Candle(QMatMul),
-        Q8(Arc<Q8Matrix>),
-    }
-
-    impl Linear {
-        /// `own_kernels: false` always takes candle's product.
-        pub fn new(own_kernels: bool, t: QTensor) -> Result<Self> {
-            if own_kernels {
-                if let Some(m) = Q8Matrix::from_qtensor(&t)? {
-                    return Ok(Linear::Q8(Arc::new(m)));
-                }
-            }
-            Ok(Linear::Candle(QMatMul::from_qtensor(t)?))
-        }
-    }
-
-    impl Module for Linear {
-        fn forward(&self, x: &Tensor) -> Result<Tensor> {
-            match self {
-                Linear::Candle(m) => m.forward(x),
-                Linear::Q8(m) => m.forward(x),
-            }
-        }
-    }
+    pub use crate::models::q8_0::QLinear as Linear;
 
     /// Re-quantizes Q4_1, Q5_0 and Q5_1 tensors to Q8_0 on x86 CPUs.
     ///

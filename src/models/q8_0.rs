@@ -6,7 +6,11 @@
 //! time. Through `QMatMul`, candle 0.11.1 multiplies Q8_0 weights one dot
 //! product at a time with AVX2 (profile: `BlockQ8_0::vec_dot` half of a
 //! Qwen2.5-0.5B run), re-reading every activation block once per weight
-//! row. Written here because no maintained crate offers a Q8_0 product over
+//! row. (candle's re-packed VNNI kernels take Q8_0 only where the input
+//! size is a multiple of 256 and the output size of 16: Qwen2.5-0.5B's 896
+//! and SmolLM2's 576 are not. Marian's 512/2048 are, and there ours measured
+//! no faster, so the seq2seq families keep candle's product.) Written here
+//! because no maintained crate offers a Q8_0 product over
 //! GGUF blocks that plugs into candle tensors. This kernel:
 //! - re-lays the weights in groups of four rows, block by block (four rows'
 //!   32 values, then their four f16 scales: still 34 bytes a block), so a
@@ -31,9 +35,49 @@
 //! The work is spread over candle's CPU thread pool (`CANDLE_NUM_THREADS`),
 //! so the pipeline's layout of workers and math threads holds for it too.
 
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Result, Tensor};
 use half::f16;
+
+/// Whether quantized weights take our kernel by default: yes, unless
+/// `TIDINGS_KERNELS=candle` is set (to compare the two with one binary).
+pub fn own_kernels_by_default() -> bool {
+    std::env::var("TIDINGS_KERNELS").map_or(true, |v| v != "candle")
+}
+
+/// A quantized weight with the fastest product here for its type: our
+/// Q8_0 kernel where it runs, candle's `QMatMul` for everything else.
+/// Clones share the weights.
+#[derive(Debug, Clone)]
+pub enum QLinear {
+    /// candle's product.
+    Candle(QMatMul),
+    /// Ours.
+    Q8(Arc<Q8Matrix>),
+}
+
+impl QLinear {
+    /// `own_kernels: false` always takes candle's product.
+    pub fn new(own_kernels: bool, t: QTensor) -> Result<Self> {
+        if own_kernels {
+            if let Some(m) = Q8Matrix::from_qtensor(&t)? {
+                return Ok(QLinear::Q8(Arc::new(m)));
+            }
+        }
+        Ok(QLinear::Candle(QMatMul::from_qtensor(t)?))
+    }
+}
+
+impl Module for QLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            QLinear::Candle(m) => m.forward(x),
+            QLinear::Q8(m) => m.forward(x),
+        }
+    }
+}
 
 /// Values per Q8_0 block.
 const BLOCK: usize = 32;
