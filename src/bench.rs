@@ -278,15 +278,17 @@ pub fn run(job: &Job, articles: Option<u64>, sizes: RawSizes) -> Result<BenchRep
     let load = stats.stages.get("load").map_or(0.0, |d| d.as_secs_f64());
     let model_s = stats.model_seconds();
     let elapsed = stats.elapsed.as_secs_f64();
+    // The run after model loading.
+    let run_s = (elapsed - load).max(1e-9);
     Ok(BenchReport {
         config: job.config_path.display().to_string(),
         articles: stats.ok,
         errors: stats.failed,
         elapsed_s: elapsed,
-        articles_per_min: (stats.ok + stats.failed) as f64 * 60.0 / (elapsed - load).max(1e-9),
+        articles_per_min: (stats.ok + stats.failed) as f64 * 60.0 / run_s,
         generated_tokens_per_s: stats.output_tokens as f64 / model_s.max(1e-9),
-        end_to_end_generated_tokens_per_s: stats.output_tokens as f64 / (elapsed - load).max(1e-9),
-        model_share: model_s / (elapsed - load).max(1e-9),
+        end_to_end_generated_tokens_per_s: stats.output_tokens as f64 / run_s,
+        model_share: model_s / run_s,
         input_tokens: stats.input_tokens,
         output_tokens: stats.output_tokens,
         stages_s: stats

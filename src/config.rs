@@ -184,23 +184,26 @@ impl std::str::FromStr for DeviceSpec {
 impl DeviceSpec {
     /// Opens the device; a GPU device without its feature is a clear error.
     pub fn open(self) -> Result<candle_core::Device> {
-        let what = match self {
+        // (device, name, built with its feature, what to check if it was)
+        let (device, name, built, check) = match self {
             DeviceSpec::Cpu => return Ok(candle_core::Device::Cpu),
-            DeviceSpec::Cuda(i) => candle_core::Device::new_cuda(i).map_err(|e| (e, "cuda")),
-            DeviceSpec::Metal => candle_core::Device::new_metal(0).map_err(|e| (e, "metal")),
+            DeviceSpec::Cuda(i) => (
+                candle_core::Device::new_cuda(i),
+                "cuda",
+                cfg!(feature = "cuda"),
+                "is there an NVIDIA GPU, and a driver new enough for the CUDA version \
+                 tidings was built with?",
+            ),
+            DeviceSpec::Metal => (
+                candle_core::Device::new_metal(0),
+                "metal",
+                cfg!(feature = "metal"),
+                "is this a Mac with a Metal GPU?",
+            ),
         };
-        what.map_err(|(source, name)| {
-            let built = match name {
-                "cuda" => cfg!(feature = "cuda"),
-                _ => cfg!(feature = "metal"),
-            };
+        device.map_err(|source| {
             let hint = if built {
-                match name {
-                    "cuda" => "is there an NVIDIA GPU, and a driver new enough for the CUDA \
-                               version tidings was built with?"
-                        .to_string(),
-                    _ => "is this a Mac with a Metal GPU?".to_string(),
-                }
+                check.to_string()
             } else {
                 format!("this tidings was built without it: rebuild with `--features {name}`")
             };

@@ -191,16 +191,6 @@ impl Q8Matrix {
         }))
     }
 
-    /// Output features.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Input features.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
     /// The 32 values and the scale of block `b` of row `row`.
     #[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
     fn block(&self, row: usize, b: usize) -> ([i8; BLOCK], f32) {
@@ -240,7 +230,7 @@ impl Q8Matrix {
     /// `(m, cols) x (rows, cols)^T`, row-major.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "Q8_0 product: input length");
-        let a = Activations::quantize(x, m, self.cols, self.isa == Isa::Vnni);
+        let a = Activations::quantize(x, m, self.cols, self.isa);
         let mut out = vec![0f32; m * self.rows];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `from_qtensor` detected the instruction set at run time.
@@ -267,16 +257,19 @@ struct Activations {
 impl Activations {
     /// As candle's `BlockQ8_0::from_float`: scale `d = max|x| / 127`
     /// (stored as f16), values `round(x / d)` with the unrounded `d`.
-    fn quantize(x: &[f32], rows: usize, cols: usize, corrections: bool) -> Self {
+    /// For the kernel of `isa` (detected when its matrix was made): the
+    /// VNNI one needs the correction lanes.
+    fn quantize(x: &[f32], rows: usize, cols: usize, isa: Isa) -> Self {
+        let corrections = isa == Isa::Vnni;
         #[cfg(target_arch = "x86_64")]
-        if isa().is_some() {
-            // SAFETY: AVX2, FMA and F16C were detected at run time.
-            return unsafe { x86::quantize(x, rows, cols, corrections) };
-        }
+        // SAFETY: every `Isa` implies AVX2, FMA and F16C.
+        return unsafe { x86::quantize(x, rows, cols, corrections) };
+        #[cfg(not(target_arch = "x86_64"))]
         Self::quantize_scalar(x, rows, cols, corrections)
     }
 
     /// [`Activations::quantize`] without SIMD (and the reference for it).
+    #[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
     fn quantize_scalar(x: &[f32], rows: usize, cols: usize, corrections: bool) -> Self {
         let mut quants = vec![0i8; rows * cols];
         let mut scales = Vec::with_capacity(rows * cols / BLOCK);
@@ -667,7 +660,7 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             let got = ours.matmul(&x, m);
-            let a = Activations::quantize(&x, m, k, ours.isa == Isa::Vnni);
+            let a = Activations::quantize(&x, m, k, ours.isa);
             let mut scalar = vec![0f32; m * n];
             scalar_matmul(&a, &ours, &mut scalar);
             for ((e, g), s) in expected.iter().zip(&got).zip(&scalar) {
@@ -693,9 +686,10 @@ mod tests {
         let mut x = crate::seeded::values(64 * 96, 11);
         x[..32].fill(0.0); // an all-zero block
         x[40] = 1e-30; // a tiny one
-        for corrections in [false, true] {
-            let fast = Activations::quantize(&x, 64, 96, corrections);
-            let slow = Activations::quantize_scalar(&x, 64, 96, corrections);
+                       // the SIMD quantization needs AVX2 only; VNNI adds the corrections
+        for isa in [Isa::Avx2, Isa::Vnni] {
+            let fast = Activations::quantize(&x, 64, 96, isa);
+            let slow = Activations::quantize_scalar(&x, 64, 96, isa == Isa::Vnni);
             assert_eq!(fast.quants, slow.quants);
             assert_eq!(fast.scales, slow.scales);
             assert_eq!(fast.corrections, slow.corrections);
