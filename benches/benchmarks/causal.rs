@@ -12,6 +12,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
 use tidings::models::causal::CausalModel;
+use tidings::models::f32_gemm::PackedF32;
 use tidings::models::packages;
 use tidings::models::q8_0::Q8Matrix;
 use tidings::seeded::values;
@@ -40,6 +41,41 @@ fn q8_0_product(c: &mut Criterion) {
             None => {
                 eprintln!("q8_0 product: this CPU does not run our kernel (x86-64 AVX2/FMA/F16C)")
             }
+        }
+    }
+    g.finish();
+}
+
+/// The output head of an OPUS-MT-sized Marian (512 inputs, 65,001 outputs):
+/// candle's float matmul and ours, candle's Q8_0 and ours, at the row
+/// counts of decoding.
+fn head_product(c: &mut Criterion) {
+    let (k, n) = (512, 65_001);
+    let w = Tensor::from_vec(values(n * k, 3), (n, k), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+    let ours = Q8Matrix::from_qtensor(&q).unwrap();
+    let candle = QMatMul::from_qtensor(q).unwrap();
+    let packed = PackedF32::new(&w, None).unwrap();
+    let mut g = c.benchmark_group("head product 512x65001");
+    g.sample_size(10);
+    for m in [1usize, 32, 64] {
+        let x = Tensor::from_vec(values(m * k, 4 + m as u64), (m, k), &Device::Cpu).unwrap();
+        g.throughput(Throughput::Elements((m * n * k) as u64));
+        g.bench_with_input(BenchmarkId::new("f32", m), &x, |b, x| {
+            b.iter(|| x.matmul(&w.t().unwrap()).unwrap())
+        });
+        if let Some(packed) = &packed {
+            g.bench_with_input(BenchmarkId::new("tidings f32", m), &x, |b, x| {
+                b.iter(|| packed.forward(x).unwrap())
+            });
+        }
+        g.bench_with_input(BenchmarkId::new("candle q8_0", m), &x, |b, x| {
+            b.iter(|| candle.forward(x).unwrap())
+        });
+        if let Some(ours) = &ours {
+            g.bench_with_input(BenchmarkId::new("tidings q8_0", m), &x, |b, x| {
+                b.iter(|| ours.forward(x).unwrap())
+            });
         }
     }
     g.finish();
@@ -96,6 +132,7 @@ fn decoder_step(c: &mut Criterion) {
 
 fn causal(c: &mut Criterion) {
     q8_0_product(c);
+    head_product(c);
     decoder_step(c);
 }
 

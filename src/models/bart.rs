@@ -11,11 +11,15 @@
 //! Weights keep the Hugging Face names (`model.encoder.layers.0.self_attn.q_proj.weight`,
 //! ...), read from `model.safetensors` or `pytorch_model.bin`.
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder};
 
 use crate::error::{Error, Result};
+use crate::models::f32_gemm::PackedF32;
+use crate::models::q8_0::{own_kernels_by_default, QLinear};
 use crate::models::seq2seq::{
     attend, key_bias, merge_heads, split_heads, DecoderState, LayerState, Seq2SeqNet,
 };
@@ -37,14 +41,16 @@ pub struct Proj {
 enum Weight {
     /// `[out, in]`.
     Dense(Tensor),
+    /// Packed for our AVX-512 f32 kernel, bias included.
+    Packed(Arc<PackedF32>),
     /// Quantized blocks of the `[out, in]` weight.
-    Quant(QMatMul, usize, usize),
+    Quant(QLinear, usize, usize),
     /// Both: the quantized copy for few rows (a memory-bound matrix-vector
     /// product, where reading a quarter of the bytes wins), the dense one
     /// from [`HEAD_DENSE_ROWS`] rows on (where candle's float matmul beats
     /// the quantized kernel on a vocabulary-wide output: measured 108 vs 63
     /// GFLOP/s at 128 rows, 4.4 vs 42 at one row).
-    Both(Tensor, QMatMul),
+    Both(Tensor, QLinear),
 }
 
 /// Rows from which an output head with both copies uses the dense one.
@@ -78,11 +84,13 @@ impl Proj {
         let w = match quantize {
             // Block quantization needs whole blocks along the input.
             Some(q) if input % q.block_size() == 0 => Weight::Quant(
-                QMatMul::from_qtensor(QTensor::quantize(&w, q)?)?,
+                // candle's re-packed VNNI product beats ours on these
+                // shapes (inputs a multiple of 256, outputs of 16)
+                QLinear::new(false, QTensor::quantize(&w, q)?)?,
                 out,
                 input,
             ),
-            _ => Weight::Dense(w),
+            _ => dense(w, b.as_ref())?,
         };
         Ok(Proj { w, b })
     }
@@ -94,13 +102,17 @@ impl Proj {
         b: Option<Tensor>,
         quantize: Option<GgmlDType>,
     ) -> candle_core::Result<Self> {
-        let input = w.dim(1)?;
+        let (out, input) = w.dims2()?;
         let w = match quantize {
             Some(q) if input % q.block_size() == 0 => {
-                let qm = QMatMul::from_qtensor(QTensor::quantize(&w, q)?)?;
-                Weight::Both(w, qm)
+                let qm = QLinear::new(own_kernels_by_default(), QTensor::quantize(&w, q)?)?;
+                match qm {
+                    // ours beats the float product at every row count
+                    QLinear::Q8(_) => Weight::Quant(qm, out, input),
+                    QLinear::Candle(_) => Weight::Both(w, qm),
+                }
             }
-            _ => Weight::Dense(w),
+            _ => dense(w, b.as_ref())?,
         };
         Ok(Proj { w, b })
     }
@@ -112,6 +124,11 @@ impl Proj {
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, input))?;
         let y = match &self.w {
+            Weight::Packed(p) => {
+                let mut out = dims;
+                *out.last_mut().expect("dims") = p.outputs();
+                return p.forward(&x2)?.reshape(out);
+            }
             Weight::Dense(w) => x2.matmul(&w.t()?)?,
             Weight::Quant(q, _, _) => q.forward(&x2.contiguous()?)?,
             Weight::Both(w, _) if rows >= HEAD_DENSE_ROWS => x2.matmul(&w.t()?)?,
@@ -130,6 +147,7 @@ impl Proj {
     pub fn outputs(&self) -> usize {
         match &self.w {
             Weight::Dense(w) => w.dim(0).unwrap_or(0),
+            Weight::Packed(p) => p.outputs(),
             Weight::Quant(_, out, _) => *out,
             Weight::Both(w, _) => w.dim(0).unwrap_or(0),
         }
@@ -139,11 +157,23 @@ impl Proj {
     pub fn parameters(&self) -> usize {
         let w = match &self.w {
             Weight::Dense(w) => w.elem_count(),
+            Weight::Packed(p) => p.outputs() * p.inputs(),
             Weight::Quant(_, out, input) => out * input,
             Weight::Both(w, _) => w.elem_count(),
         };
         w + self.b.as_ref().map_or(0, |b| b.elem_count())
     }
+}
+
+/// A float weight: packed for our f32 kernel where it runs (see
+/// [`crate::models::f32_gemm`]), else kept for candle's matmul.
+fn dense(w: Tensor, b: Option<&Tensor>) -> candle_core::Result<Weight> {
+    if own_kernels_by_default() {
+        if let Some(p) = PackedF32::new(&w, b)? {
+            return Ok(Weight::Packed(Arc::new(p)));
+        }
+    }
+    Ok(Weight::Dense(w))
 }
 
 /// Shape of a BART-style stack.

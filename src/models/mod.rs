@@ -8,6 +8,7 @@
 pub mod bart;
 pub mod causal;
 pub mod extractive;
+pub mod f32_gemm;
 pub mod hub;
 pub mod m2m100;
 pub mod marian;

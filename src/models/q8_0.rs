@@ -162,14 +162,23 @@ impl Q8Matrix {
         };
         let raw = t.data()?;
         let blocks = cols / BLOCK;
-        if cols % BLOCK != 0 || rows % GROUP != 0 || raw.len() != rows * blocks * BLOCK_BYTES {
+        if cols % BLOCK != 0 || raw.len() != rows * blocks * BLOCK_BYTES {
             return Ok(None);
         }
-        let mut data = Vec::with_capacity(rows / GROUP * blocks * GROUP_BLOCK_BYTES);
-        let block_of =
-            |row: usize, b: usize| &raw[(row * blocks + b) * BLOCK_BYTES..][..BLOCK_BYTES];
+        // A last, partial group is padded with zero rows (scale 0), whose
+        // products the kernel computes but does not store.
+        let groups = rows.div_ceil(GROUP);
+        let mut data = Vec::with_capacity(groups * blocks * GROUP_BLOCK_BYTES);
+        let zero = [0u8; BLOCK_BYTES];
+        let block_of = |row: usize, b: usize| {
+            if row < rows {
+                &raw[(row * blocks + b) * BLOCK_BYTES..][..BLOCK_BYTES]
+            } else {
+                &zero[..]
+            }
+        };
         let offset = if isa == Isa::Vnni { 128u8 } else { 0 };
-        for g in (0..rows).step_by(GROUP) {
+        for g in (0..groups * GROUP).step_by(GROUP) {
             for b in 0..blocks {
                 for r in 0..GROUP {
                     data.extend(
@@ -476,8 +485,9 @@ mod x86 {
                     }
                     w = w.add(GROUP_BLOCK_BYTES);
                 }
+                let cols = GROUP.min(o.n - GROUP * g);
                 for r in 0..$r {
-                    for c in 0..GROUP {
+                    for c in 0..cols {
                         *o.out.add((i + r) * o.n + GROUP * g + c) = hsum(acc[r][c]);
                     }
                 }
@@ -566,8 +576,9 @@ mod x86 {
                     }
                     w = next.add(GROUP_BLOCK_BYTES);
                 }
+                let cols = GROUP.min(o.n - GROUP * g);
                 for r in 0..$r {
-                    for c in 0..GROUP {
+                    for c in 0..cols {
                         *o.out.add((i + r) * o.n + GROUP * g + c) = _mm512_reduce_add_ps(acc[r][c]);
                     }
                 }
@@ -600,7 +611,7 @@ mod x86 {
             n: w.rows,
         };
         let m = a.rows;
-        candle_core::utils::barrier_pool().execute_chunked(w.rows / GROUP, |groups| {
+        candle_core::utils::barrier_pool().execute_chunked(w.rows.div_ceil(GROUP), |groups| {
             // SAFETY: as the caller promised; each call writes only the
             // output columns of its groups.
             unsafe {
@@ -644,6 +655,8 @@ mod tests {
             (13, 36, 256),
             (4, 4, 32),
             (5, 8, 160),
+            (6, 66, 64),
+            (3, 13, 32),
         ]
         .into_iter()
         .flat_map(|shape| kernels.map(|i| (shape, i)))
@@ -701,9 +714,6 @@ mod tests {
         let w =
             Tensor::from_vec(crate::seeded::values(64 * 64, 3), (64, 64), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q4_0).unwrap();
-        assert!(Q8Matrix::from_qtensor(&q).unwrap().is_none());
-        // rows not a multiple of the group of four
-        let (_, q) = q8(66, 64, 5);
         assert!(Q8Matrix::from_qtensor(&q).unwrap().is_none());
     }
 }
