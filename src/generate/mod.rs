@@ -6,3 +6,4 @@
 pub mod batch;
 pub mod decode;
 pub mod search;
+pub mod softmax;

@@ -26,9 +26,10 @@
 //! when enough of the batch has finished to pay for the copy of the caches
 //! ([`DecoderState::select`]).
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 use crate::generate::decode::RepetitionGuard;
+use crate::generate::softmax::log_normalizer;
 use crate::models::seq2seq::{DecoderState, Seq2SeqNet};
 
 /// When beam search may stop (the reference's `early_stopping`).
@@ -237,12 +238,21 @@ struct BeamItem {
 /// A continuation: (accumulated log-prob, source beam, token).
 type Cand = (f32, usize, u32);
 
-/// The `m` best entries of `row` (plus `base`), best first; ties keep the
+/// The `m` best entries of the log-softmax of the logits `row` (whose
+/// [`log_normalizer`] is `norm`), plus `base`, best first; ties keep the
 /// lower token id first.
-fn top_of_row(row: &[f32], base: f32, beam: usize, m: usize, into: &mut Vec<Cand>) {
+fn top_of_row(
+    row: &[f32],
+    norm: (f32, f32),
+    base: f32,
+    beam: usize,
+    m: usize,
+    into: &mut Vec<Cand>,
+) {
+    let (max, ln_sum) = norm;
     let start = into.len();
-    for (v, &lp) in row.iter().enumerate() {
-        let s = base + lp;
+    for (v, &x) in row.iter().enumerate() {
+        let s = base + ((x - max) - ln_sum);
         if into.len() - start < m {
             into.push((s, beam, v as u32));
             // keep the slice sorted descending
@@ -260,19 +270,6 @@ fn top_of_row(row: &[f32], base: f32, beam: usize, m: usize, into: &mut Vec<Cand
                 k -= 1;
             }
         }
-    }
-}
-
-/// Log-softmax of log-probabilities some of which were set to `-inf`.
-fn renormalize(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return;
-    }
-    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
-    let shift = max + sum.ln();
-    for x in row.iter_mut() {
-        *x -= shift;
     }
 }
 
@@ -326,7 +323,8 @@ fn beam(
             .collect();
         let tokens = Tensor::new(last.as_slice(), net.device())?;
         let logits = net.step(&mut state, &tokens)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+        let vocab = logits.dim(1)?;
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         let mut reorder: Vec<u32> = Vec::with_capacity(active.len() * k);
         for (a, &i) in active.iter().enumerate() {
             let item = &mut items[i];
@@ -350,20 +348,20 @@ fn beam(
                 match forced {
                     Some(f) => cands.push((base + 0.0, b, f)),
                     None => {
-                        let row = &logp[a * k + b];
+                        let row = &logits[(a * k + b) * vocab..][..vocab];
                         if cfg.suppress.is_empty() {
-                            top_of_row(row, base, b, 2 * k, &mut cands);
+                            top_of_row(row, log_normalizer(row), base, b, 2 * k, &mut cands);
                         } else {
-                            let mut r = row.clone();
+                            let mut r = row.to_vec();
                             for &s in &cfg.suppress {
                                 if let Some(x) = r.get_mut(s as usize) {
                                     *x = f32::NEG_INFINITY;
                                 }
                             }
-                            if cfg.renormalize {
-                                renormalize(&mut r);
-                            }
-                            top_of_row(&r, base, b, 2 * k, &mut cands);
+                            // suppressed tokens drop out of the distribution
+                            // (renormalize) or just out of the choice
+                            let norm = log_normalizer(if cfg.renormalize { &r } else { row });
+                            top_of_row(&r, norm, base, b, 2 * k, &mut cands);
                         }
                     }
                 }
@@ -512,7 +510,7 @@ mod tests {
     #[test]
     fn top_of_row_keeps_best_in_order() {
         let mut v = Vec::new();
-        top_of_row(&[0.1, 0.5, 0.3, 0.5, -1.0], 1.0, 2, 3, &mut v);
+        top_of_row(&[0.1, 0.5, 0.3, 0.5, -1.0], (0.0, 0.0), 1.0, 2, 3, &mut v);
         assert_eq!(v, vec![(1.5, 2, 1), (1.5, 2, 3), (1.3, 2, 2)]);
     }
 

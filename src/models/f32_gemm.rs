@@ -13,6 +13,9 @@
 //! - packs the weight once, at load, into panels of 32 output features
 //!   (for each input feature, 32 consecutive floats, zero-padded past the
 //!   last feature), so a tile reads one sequential stream;
+//! - packs the input per call in tiles of [`ROWS`] rows, feature by
+//!   feature (rows of 512 or 2048 floats lie a multiple of 2 KiB apart and
+//!   would compete for the same few L1 cache sets);
 //! - computes tiles of up to [`ROWS`] input rows by one panel in 2 x
 //!   [`ROWS`] 512-bit accumulators (one broadcast of an input value serves
 //!   32 outputs), started from the bias;
@@ -126,17 +129,34 @@ impl PackedF32 {
             candle_core::bail!("projection: the f32 kernel needs a CPU tensor");
         };
         let a = &data[layout.start_offset()..][..m * k];
-        let mut out = vec![0f32; m * self.out];
-        self.matmul(a, m, &mut out);
+        let out = self.matmul(a, m);
         drop(storage);
         Tensor::from_vec(out, (m, self.out), &Device::Cpu)
     }
 
-    fn matmul(&self, a: &[f32], m: usize, out: &mut [f32]) {
+    /// `(m, in) x (out, in)^T + b`, row-major.
+    fn matmul(&self, a: &[f32], m: usize) -> Vec<f32> {
+        // not zero-filled first: the tiles write every output once (a
+        // vocabulary-wide output is megabytes a step)
+        let mut out = Vec::with_capacity(m * self.out);
         #[cfg(target_arch = "x86_64")]
         {
+            // the input cut in tiles of ROWS rows, each stored feature by
+            // feature (ROWS values each, zero-padded): one tile's values for
+            // a feature sit together instead of ROWS rows apart
+            let k = self.input;
+            let tiles = m.div_ceil(ROWS);
+            let mut packed = vec![0f32; tiles * k * ROWS];
+            for (t, tile) in packed.chunks_exact_mut(k * ROWS).enumerate() {
+                for r in 0..ROWS.min(m - t * ROWS) {
+                    let row = &a[(t * ROWS + r) * k..][..k];
+                    for (j, &v) in row.iter().enumerate() {
+                        tile[j * ROWS + r] = v;
+                    }
+                }
+            }
             let o = x86::Operands {
-                a: a.as_ptr(),
+                a: packed.as_ptr(),
                 m,
                 k: self.input,
                 panels: self.panels.as_ptr() as *const f32,
@@ -152,12 +172,15 @@ impl PackedF32 {
                     unsafe { x86::panels(o, panels) }
                 },
             );
+            // SAFETY: the panels cover all columns and every panel all rows.
+            unsafe { out.set_len(m * self.out) };
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (a, m, out);
+            let _ = (a, m);
             unreachable!("PackedF32 is only made on x86-64");
         }
+        out
     }
 }
 
@@ -169,6 +192,7 @@ mod x86 {
     /// Raw pointers to the operands, shareable between the pool's threads.
     #[derive(Clone, Copy)]
     pub(super) struct Operands {
+        /// The input packed in tiles of [`ROWS`] rows.
         pub a: *const f32,
         pub m: usize,
         pub k: usize,
@@ -188,12 +212,13 @@ mod x86 {
         let b1 = _mm512_loadu_ps(o.bias.add(p * PANEL + 16));
         let mut acc = [[b0, b1]; R];
         let w = o.panels.add(p * o.k * PANEL);
+        // `i` starts a tile of the packed input
         let a = o.a.add(i * o.k);
         for k in 0..o.k {
             let w0 = _mm512_load_ps(w.add(k * PANEL));
             let w1 = _mm512_load_ps(w.add(k * PANEL + 16));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*a.add(r * o.k + k));
+                let x = _mm512_set1_ps(*a.add(k * ROWS + r));
                 acc[0] = _mm512_fmadd_ps(x, w0, acc[0]);
                 acc[1] = _mm512_fmadd_ps(x, w1, acc[1]);
             }

@@ -240,15 +240,24 @@ impl Q8Matrix {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "Q8_0 product: input length");
         let a = Activations::quantize(x, m, self.cols, self.isa);
-        let mut out = vec![0f32; m * self.rows];
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `from_qtensor` detected the instruction set at run time.
-        unsafe {
-            x86::matmul(self.isa, &a, self, &mut out)
+        {
+            // not zero-filled first: the tiles write every output once
+            let mut out = Vec::with_capacity(m * self.rows);
+            // SAFETY: `from_qtensor` detected the instruction set at run
+            // time; the groups cover all columns and each group all rows.
+            unsafe {
+                x86::matmul(self.isa, &a, self, out.as_mut_ptr());
+                out.set_len(m * self.rows);
+            }
+            out
         }
         #[cfg(not(target_arch = "x86_64"))]
-        scalar_matmul(&a, self, &mut out);
-        out
+        {
+            let mut out = vec![0f32; m * self.rows];
+            scalar_matmul(&a, self, &mut out);
+            out
+        }
     }
 }
 
@@ -596,7 +605,8 @@ mod x86 {
 
     /// # Safety
     /// The CPU must support `isa`.
-    pub(super) unsafe fn matmul(isa: Isa, a: &Activations, w: &Q8Matrix, out: &mut [f32]) {
+    /// `out` must have room for `a.rows * w.rows` values.
+    pub(super) unsafe fn matmul(isa: Isa, a: &Activations, w: &Q8Matrix, out: *mut f32) {
         let o = Operands {
             a_q: a.quants.as_ptr(),
             a_s: a.scales.as_ptr(),
@@ -606,7 +616,7 @@ mod x86 {
                 a.corrections.as_ptr()
             },
             w: w.data.as_ptr(),
-            out: out.as_mut_ptr(),
+            out,
             blocks: w.cols / BLOCK,
             n: w.rows,
         };

@@ -353,7 +353,7 @@ mod one_query {
                 }
                 let mut sum = 0f32;
                 for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
+                    *s = crate::generate::softmax::exp_nonpositive(*s - max);
                     sum += *s;
                 }
                 let o = &mut out[(r * heads + h) * d..][..d];
