@@ -70,7 +70,7 @@ def run_ct2(args, rows, check):
         for beam in (1, 4):
             opts = dict(beam_size=beam, max_decoding_length=args.new_tokens, num_hypotheses=1)
             tr.translate_batch(pieces[:4], max_batch_size=BATCH, batch_type="examples", **opts)  # warm-up
-            for batching in ("batch 1", "sorted batches of 32"):
+            for batching in batchings(args):
                 name = f"ctranslate2 {kind} beam {beam}, {batching}"
                 t = time.perf_counter()
                 if batching == "batch 1":
@@ -134,7 +134,7 @@ def run_hf(args, rows, check):
     out = []
     for beam in (1, 4):
         generate(rows[:2], beam)  # warm-up
-        for batching in ("batch 1", "sorted batches of 32"):
+        for batching in batchings(args):
             sub = rows[: args.hf_single] if batching == "batch 1" else rows
             name = f"transformers fp32 beam {beam}, {batching}"
             if batching == "batch 1" and len(sub) < len(rows):
@@ -155,6 +155,11 @@ def run_hf(args, rows, check):
             out.append(result(name, "transformers", "fp32", beam, batching, len(sub), sum(lengths), secs))
             log(f"{name}: {out[-1]['tokens_per_s']:.1f} tokens/s")
     return out
+
+
+def batchings(args):
+    """The batchings measured: both, or the sorted batches alone (--batched-only)."""
+    return ("sorted batches of 32",) if args.batched_only else ("batch 1", "sorted batches of 32")
 
 
 def result(name, tool, kind, beam, batching, sentences, tokens, secs):
@@ -183,6 +188,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=28)
     ap.add_argument("--hf-single", type=int, default=50)
+    ap.add_argument("--batched-only", action="store_true",
+                    help="skip the one-sentence-at-a-time runs (a quicker repeat)")
     args = ap.parse_args()
 
     rows = [json.loads(l) for l in open(args.pieces, encoding="utf-8") if l.strip()]

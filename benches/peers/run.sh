@@ -10,6 +10,8 @@
 #               comparison uses whatever results the others left before
 #   --rebuild   make the model, its conversions and the inputs again
 #   --sentences N   the first N sentences (a smaller smoke test than --quick)
+#   --batched-only  peers in sorted batches only, not one sentence at a time
+#               (a quicker repeat; the batch-1 results already on disk stay)
 #
 # Everything goes under ${TIDINGS_CACHE:-~/.cache/tidings}:
 #   peers-venv/                       Python venv with the pinned peers
@@ -38,6 +40,7 @@ N=500
 HF_SINGLE=50
 ONLY=""
 REBUILD=0
+BATCHED_ONLY=0
 
 die() { echo "peers/run.sh: $*" >&2; exit 1; }
 step() { echo; echo "== $*" >&2; }
@@ -48,6 +51,7 @@ while [ $# -gt 0 ]; do
         --only) [ $# -ge 2 ] || die "--only needs ct2, hf or tidings"; ONLY=$2; shift ;;
         --only=*) ONLY=${1#--only=} ;;
         --rebuild) REBUILD=1 ;;
+        --batched-only) BATCHED_ONLY=1 ;;
         --sentences) [ $# -ge 2 ] || die "--sentences needs a number"; N=$2; shift ;;
         -h|--help) sed -n '2,/^set -E/p' "$0" | sed '$d'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
@@ -126,8 +130,9 @@ fi
 if want ct2 || want hf; then
     only=()
     if [ -n "$ONLY" ]; then only=(--only "$ONLY"); fi
+    if [ "$BATCHED_ONLY" = 1 ]; then only+=(--batched-only); fi
     step "peers: $N sentences, $THREADS threads, $NEW_TOKENS new tokens each"
-    # A previous full result for the other peer is kept: merge below.
+    # Earlier results of settings not measured now are kept: merge below.
     OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PY" "$HERE/peers.py" \
         --model "$MODEL" --ct2 "$MODEL-ct2" --ct2-int8 "$MODEL-ct2-int8" \
         --pieces "$DATA/pieces.jsonl" --json "$RESULTS/peers-${ONLY:-all}.json" \
@@ -137,10 +142,12 @@ import json, os, sys
 d, which = sys.argv[1], sys.argv[2]
 new = json.load(open(os.path.join(d, f"peers-{which}.json")))
 path = os.path.join(d, "peers.json")
-old = json.load(open(path)) if os.path.exists(path) and which != "all" else None
+old = json.load(open(path)) if os.path.exists(path) else None
 if old and old.get("sentences") == new["sentences"]:
-    tools = {r["tool"] for r in new["results"]}
-    new["results"] = [r for r in old["results"] if r["tool"] not in tools] + new["results"]
+    # results of settings this run did not measure stay (the other peer,
+    # the batch-1 runs of a --batched-only repeat)
+    names = {r["name"] for r in new["results"]}
+    new["results"] = [r for r in old["results"] if r["name"] not in names] + new["results"]
 json.dump(new, open(path, "w"), indent=2)
 EOF
 fi
