@@ -28,8 +28,12 @@ use crate::models::seq2seq::{
 /// (candle_nn's `Linear` broadcasts the weight into a batched matmul for 3-D
 /// inputs instead). The weight keeps the checkpoint's `[out, in]` layout and
 /// is read through a transposed view: measured on OPUS-MT-sized layers, 1.45x
-/// faster decoding than a contiguous `[in, out]` copy. With quantization the
-/// weight goes through candle's quantized matmul instead.
+/// faster decoding than a contiguous `[in, out]` copy. Where our AVX-512
+/// f32 kernel runs ([`crate::models::f32_gemm`]), the weight is packed for
+/// it instead. With quantization the weight goes through candle's quantized
+/// matmul (the layers) or our Q8_0 kernel (the vocabulary head, see
+/// [`crate::models::q8_0`]). `TIDINGS_KERNELS=candle` keeps candle's
+/// products throughout.
 #[derive(Clone)]
 pub struct Proj {
     w: Weight,
