@@ -93,9 +93,10 @@ const GROUP: usize = 4;
 const GROUP_BLOCK_BYTES: usize = GROUP * (BLOCK + 2);
 
 /// A Q8_0 weight matrix `(rows, cols)` (rows = output features; a last,
-/// partial group of four is padded with zero rows), re-laid so that the kernel reads one sequential stream per four
-/// rows: for each group of four rows and each block of 32 columns, the
-/// four rows' 32 values, then their four f16 scales.
+/// partial group of four is padded with zero rows), re-laid so that the
+/// kernel reads one sequential stream per four rows: for each group of four
+/// rows and each block of 32 columns, the four rows' 32 values, then their
+/// four f16 scales.
 #[derive(Debug)]
 pub struct Q8Matrix {
     rows: usize,
