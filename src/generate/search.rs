@@ -284,15 +284,10 @@ fn beam(
     let n = rows.len();
     let lp = cfg.length_penalty;
     let guard = RepetitionGuard::default();
-    // Every input's encoder output repeated once per beam.
-    let expand: Vec<u32> = (0..n as u32)
-        .flat_map(|i| std::iter::repeat_n(i, k))
-        .collect();
-    let idx = Tensor::new(expand.as_slice(), net.device())?;
-    let encoded = encoded.index_select(&idx, 0)?;
-    let mask = mask.index_select(&idx, 0)?;
     let capacity = rows.iter().map(|r| r.budget).max().unwrap_or(1) + 1;
-    let mut state: DecoderState = net.start(&encoded, &mask, capacity)?;
+    // One row per input for the first step, where every beam of an input
+    // is the same; then `k` rows per input sharing its cross-attention.
+    let mut state: DecoderState = net.start(encoded, mask, capacity)?;
     let mut items: Vec<BeamItem> = rows
         .iter()
         .map(|r| BeamItem {
@@ -321,8 +316,18 @@ fn beam(
                     .map(|h| *h.tokens.last().unwrap_or(&cfg.decoder_start))
             })
             .collect();
-        let tokens = Tensor::new(last.as_slice(), net.device())?;
-        let logits = net.step(&mut state, &tokens)?;
+        let logits = if t == 0 {
+            // `last` holds the start token k times per input.
+            let first: Vec<u32> = last.iter().step_by(k).copied().collect();
+            let logits = net.step(&mut state, &Tensor::new(first.as_slice(), net.device())?)?;
+            state.share_groups(k)?;
+            let expand: Vec<u32> = (0..n as u32)
+                .flat_map(|i| std::iter::repeat_n(i, k))
+                .collect();
+            logits.index_select(&Tensor::new(expand.as_slice(), net.device())?, 0)?
+        } else {
+            net.step(&mut state, &Tensor::new(last.as_slice(), net.device())?)?
+        };
         let vocab = logits.dim(1)?;
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         let mut reorder: Vec<u32> = Vec::with_capacity(active.len() * k);

@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 use crate::models::f32_gemm::PackedF32;
 use crate::models::q8_0::{own_kernels_by_default, QLinear};
 use crate::models::seq2seq::{
-    attend, key_bias, merge_heads, split_heads, DecoderState, LayerState, Seq2SeqNet,
+    attend, attend_grouped, key_bias, merge_heads, split_heads, DecoderState, LayerState,
+    Seq2SeqNet,
 };
 
 /// A projection applied as one 2-D matmul over all rows and positions
@@ -518,6 +519,7 @@ impl Seq2SeqNet for BartNet {
             cross_bias: key_bias(mask)?,
             len: 0,
             extra: Vec::new(),
+            group: 1,
         })
     }
 
@@ -536,7 +538,13 @@ impl Seq2SeqNet for BartNet {
             })?;
             x = self.residual(&l.cross_norm, &x, |h| {
                 let q = l.cross.query(h)?;
-                let a = attend(&q, &cache.cross_k, &cache.cross_v, Some(&state.cross_bias))?;
+                let a = attend_grouped(
+                    &q,
+                    &cache.cross_k,
+                    &cache.cross_v,
+                    Some(&state.cross_bias),
+                    state.group,
+                )?;
                 l.cross.out.forward(&merge_heads(&a)?)
             })?;
             x = self.residual(&l.ffn_norm, &x, |h| l.ffn.forward(h))?;

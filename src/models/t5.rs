@@ -68,8 +68,8 @@ use serde::Deserialize;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::seq2seq::{
-    attend, key_bias, CheckpointGeneration, DecoderState, Family, LayerState, OneOrMany,
-    Seq2SeqModel, Seq2SeqNet, Seq2SeqText, SpecialIds,
+    attend, attend_grouped, key_bias, CheckpointGeneration, DecoderState, Family, LayerState,
+    OneOrMany, Seq2SeqModel, Seq2SeqNet, Seq2SeqText, SpecialIds,
 };
 use super::Task;
 use crate::error::{Error, Result};
@@ -1021,6 +1021,7 @@ impl Seq2SeqNet for T5Net {
             cross_bias: key_bias(mask)?.to_dtype(self.dtype)?,
             len: 0,
             extra: Vec::new(),
+            group: 1,
         })
     }
 
@@ -1031,6 +1032,7 @@ impl Seq2SeqNet for T5Net {
         let self_bias = self.position_bias(&self.dec_bias, pos, 1, pos + 1, false)?;
         let mut x = self.embed.index_select(tokens, 0)?;
         let cross_bias = &state.cross_bias;
+        let group = state.group;
         for (layer, st) in self.decoder.iter().zip(state.layers.iter_mut()) {
             let n = self.norm(&x, &layer.self_norm)?;
             let qkv = self.split(&layer.self_qkv.forward(&n)?, rows, 1, 3)?;
@@ -1040,7 +1042,7 @@ impl Seq2SeqNet for T5Net {
             x = (x + layer.self_o.forward(&a.reshape((rows, inner))?)?)?;
             let n = self.norm(&x, &layer.cross_norm)?;
             let q = self.split(&layer.cross_q.forward(&n)?, rows, 1, 1)?;
-            let a = attend(&q[0], &st.cross_k, &st.cross_v, Some(cross_bias))?;
+            let a = attend_grouped(&q[0], &st.cross_k, &st.cross_v, Some(cross_bias), group)?;
             x = (x + layer.cross_o.forward(&a.reshape((rows, inner))?)?)?;
             let n = self.norm(&x, &layer.ff_norm)?;
             x = (x + layer.ff.forward(&n)?)?;
