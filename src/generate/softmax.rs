@@ -38,6 +38,20 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     p * f32::from_bits(biased << 23)
 }
 
+/// `x * sigmoid(x)` (SiLU, "swish") of every value, in place, with the
+/// exponential above: candle's `swish` is a sigmoid (libm `expf` per value)
+/// and a product, two fresh tensors per feed-forward layer.
+pub(crate) fn silu_in_place(xs: &mut [f32]) {
+    for x in xs.iter_mut() {
+        let v = *x;
+        // e^-|v| <= 1; sigmoid(v) = 1 / (1 + e^-v) = e^v / (1 + e^v)
+        let a = if v < 0.0 { v } else { -v };
+        let e = exp_nonpositive(a);
+        let num = if v < 0.0 { e } else { 1.0 };
+        *x = v * num / (1.0 + e);
+    }
+}
+
 /// `(max, ln(sum(exp(x - max))))` of a row, so that its log-softmax is
 /// `(x - max) - ln_sum`. A row with no finite maximum (empty, or all
 /// `-inf`) gives `(max, 0)`.
@@ -110,5 +124,20 @@ mod tests {
         assert!(log_normalizer(&masked).1 <= ln_sum);
         assert_eq!(log_normalizer(&[f32::NEG_INFINITY; 20]).1, 0.0);
         assert_eq!(log_normalizer(&[]).1, 0.0);
+    }
+
+    #[test]
+    fn silu_matches_the_definition() {
+        let mut xs: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.05).collect();
+        xs.extend([-100.0, -88.0, 0.0, 88.0, 100.0]);
+        let want: Vec<f64> = xs
+            .iter()
+            .map(|&x| x as f64 / (1.0 + (-(x as f64)).exp()))
+            .collect();
+        silu_in_place(&mut xs);
+        for (g, w) in xs.iter().zip(&want) {
+            let err = (*g as f64 - w).abs();
+            assert!(err <= 1e-6 * w.abs().max(1e-3), "{g} vs {w}");
+        }
     }
 }

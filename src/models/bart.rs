@@ -275,7 +275,43 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.apply(&self.act)?)
+        let h = self.fc1.forward(x)?;
+        let h = match self.act {
+            // fc1's output is this call's own: changed in place
+            Activation::Swish | Activation::Silu
+                if h.device().is_cpu() && h.dtype() == DType::F32 && h.is_contiguous() =>
+            {
+                h.inplace_op1(&SiluInPlace)?;
+                h
+            }
+            _ => h.apply(&self.act)?,
+        };
+        self.fc2.forward(&h)
+    }
+}
+
+/// SiLU over a CPU f32 tensor's own memory (see
+/// [`crate::generate::softmax::silu_in_place`]).
+struct SiluInPlace;
+
+impl candle_core::InplaceOp1 for SiluInPlace {
+    fn name(&self) -> &'static str {
+        "silu-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("silu-in-place: f32 only");
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("silu-in-place: a contiguous tensor");
+        };
+        crate::generate::softmax::silu_in_place(&mut data[a..b]);
+        Ok(())
     }
 }
 
