@@ -19,6 +19,7 @@ use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder};
 
 use crate::error::{Error, Result};
 use crate::models::f32_gemm::PackedF32;
+use crate::models::int8_rows::Int8Rows;
 use crate::models::q8_0::{own_kernels_by_default, QLinear};
 use crate::models::seq2seq::{
     attend, attend_grouped, key_bias, merge_heads, split_heads, DecoderState, LayerState,
@@ -48,6 +49,8 @@ enum Weight {
     Dense(Tensor),
     /// Packed for our AVX-512 f32 kernel, bias included.
     Packed(Arc<PackedF32>),
+    /// 8-bit rows for our VNNI head kernel, bias included.
+    Rows(Arc<Int8Rows>),
     /// Quantized blocks of the `[out, in]` weight.
     Quant(QLinear, usize, usize),
     /// Both: the quantized copy for few rows (a memory-bound matrix-vector
@@ -108,6 +111,15 @@ impl Proj {
         quantize: Option<GgmlDType>,
     ) -> candle_core::Result<Self> {
         let (out, input) = w.dims2()?;
+        // the vocabulary head of `q8_0`: 8-bit rows where our kernel runs
+        if quantize == Some(GgmlDType::Q8_0) && own_kernels_by_default() {
+            if let Some(rows) = Int8Rows::new(&w, b.as_ref())? {
+                return Ok(Proj {
+                    w: Weight::Rows(Arc::new(rows)),
+                    b,
+                });
+            }
+        }
         let w = match quantize {
             Some(q) if input % q.block_size() == 0 => {
                 let qm = QLinear::new(own_kernels_by_default(), QTensor::quantize(&w, q)?)?;
@@ -134,6 +146,11 @@ impl Proj {
                 *out.last_mut().expect("dims") = p.outputs();
                 return p.forward(&x2)?.reshape(out);
             }
+            Weight::Rows(p) => {
+                let mut out = dims;
+                *out.last_mut().expect("dims") = p.outputs();
+                return p.forward(&x2.contiguous()?)?.reshape(out);
+            }
             Weight::Dense(w) => x2.matmul(&w.t()?)?,
             Weight::Quant(q, _, _) => q.forward(&x2.contiguous()?)?,
             Weight::Both(w, _) if rows >= HEAD_DENSE_ROWS => x2.matmul(&w.t()?)?,
@@ -153,6 +170,7 @@ impl Proj {
         match &self.w {
             Weight::Dense(w) => w.dim(0).unwrap_or(0),
             Weight::Packed(p) => p.outputs(),
+            Weight::Rows(p) => p.outputs(),
             Weight::Quant(_, out, _) => *out,
             Weight::Both(w, _) => w.dim(0).unwrap_or(0),
         }
@@ -163,6 +181,7 @@ impl Proj {
         let w = match &self.w {
             Weight::Dense(w) => w.elem_count(),
             Weight::Packed(p) => p.outputs() * p.inputs(),
+            Weight::Rows(p) => p.outputs() * p.inputs(),
             Weight::Quant(_, out, input) => out * input,
             Weight::Both(w, _) => w.elem_count(),
         };

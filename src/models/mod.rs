@@ -10,6 +10,7 @@ pub mod causal;
 pub mod extractive;
 pub mod f32_gemm;
 pub mod hub;
+pub mod int8_rows;
 pub mod m2m100;
 pub mod marian;
 pub mod packages;
