@@ -416,7 +416,8 @@ pub struct ModelSpec {
 /// quantized matmul.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quantize {
-    /// 8-bit blocks (`q8_0`): near-lossless.
+    /// 8-bit blocks (`q8_0`): near-lossless; the vocabulary head of the
+    /// encoder-decoder families as 8-bit rows where AVX-512 VNNI runs them.
     Q8_0,
     /// 4-bit k-quants (`q4k`): smaller and faster, lossier.
     Q4K,

@@ -33,8 +33,9 @@ use crate::models::seq2seq::{
 /// faster decoding than a contiguous `[in, out]` copy. Where our AVX-512
 /// f32 kernel runs ([`crate::models::f32_gemm`]), the weight is packed for
 /// it instead. With quantization the weight goes through candle's quantized
-/// matmul (the layers) or our Q8_0 kernel (the vocabulary head, see
-/// [`crate::models::q8_0`]). `TIDINGS_KERNELS=candle` keeps candle's
+/// matmul (the layers) or, for the vocabulary head, our 8-bit-row kernel
+/// ([`crate::models::int8_rows`], `q8_0` with AVX-512 VNNI) or our Q8_0
+/// kernel ([`crate::models::q8_0`]). `TIDINGS_KERNELS=candle` keeps candle's
 /// products throughout.
 #[derive(Clone)]
 pub struct Proj {

@@ -11,7 +11,8 @@
 //! and SmolLM2's 576 are not. Marian's 512/2048 layers are, and there ours
 //! measured no faster, so the seq2seq families keep candle's product for
 //! them; their vocabulary head (65,001 outputs for OPUS-MT) is not, and
-//! takes ours: 2.8x candle's at 32 rows.) Written here
+//! takes ours, 2.8x candle's at 32 rows, where the 8-bit-row kernel of
+//! `int8_rows.rs` does not run.) Written here
 //! because no maintained crate offers a Q8_0 product over
 //! GGUF blocks that plugs into candle tensors. This kernel:
 //! - re-lays the weights in groups of four rows, block by block (four rows'
