@@ -379,6 +379,18 @@ pub fn attend(
     attend_grouped(q, k, v, bias, 1)
 }
 
+/// The plain-loop path of [`attend_grouped`] alone (one query position,
+/// f32 on the CPU; `k`/`v` may have fewer heads than `q`, grouped-query
+/// style): `None` where it does not apply, for the caller's own route.
+pub fn attend_one_query(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    one_query::attend(q, k, v, bias, 1)
+}
+
 /// [`attend`] where `group` consecutive query rows share one row of `k`,
 /// `v` and `bias` (beams of one input, see [`DecoderState::group`]).
 pub fn attend_grouped(
@@ -580,7 +592,9 @@ mod one_query {
     /// `None` where the fast path does not apply (not one query, not f32 on
     /// the CPU, a strided last dimension). `group` consecutive query rows
     /// share a row of `k`, `v` and `bias`; they are taken together, so
-    /// that the shared keys and values are read from memory once.
+    /// that the shared keys and values are read from memory once. `k` and
+    /// `v` may have fewer heads than `q` (grouped-query attention: query
+    /// head `h` reads key/value head `h / (heads / kv_heads)`).
     pub(super) fn attend(
         q: &Tensor,
         k: &Tensor,
@@ -600,10 +614,16 @@ mod one_query {
             return Ok(None);
         }
         let shared = rows / group;
-        let (kr, kh, len, kd) = k.dims4()?;
-        if (kr, kh, kd) != (shared, heads, d) || v.dims() != k.dims() {
+        let (kr, kv_heads, len, kd) = k.dims4()?;
+        if (kr, kd) != (shared, d)
+            || kv_heads == 0
+            || !heads.is_multiple_of(kv_heads)
+            || v.dims() != k.dims()
+        {
             return Ok(None);
         }
+        // query heads per key/value head (grouped-query attention)
+        let per_kv = heads / kv_heads;
         let bias = match bias {
             Some(b) => Some(b.broadcast_as((shared, heads, 1, len))?),
             None => None,
@@ -630,7 +650,7 @@ mod one_query {
                     let qa = qv.at(r, h, 0);
                     let query = &qv.data[qa..qa + d];
                     for (j, s) in scores.iter_mut().enumerate() {
-                        *s = dot(query, &kv.data[kv.at(g, h, j)..][..d]);
+                        *s = dot(query, &kv.data[kv.at(g, h / per_kv, j)..][..d]);
                     }
                     let mut max = f32::NEG_INFINITY;
                     for (j, s) in scores.iter_mut().enumerate() {
@@ -656,7 +676,7 @@ mod one_query {
                     }
                     let inv = 1.0 / sum;
                     let o = &mut out[(r * heads + h) * d..][..d];
-                    weighted_sum(&scores, inv, &vv, g, h, o);
+                    weighted_sum(&scores, inv, &vv, g, h / per_kv, o);
                 }
             }
         }
@@ -1148,5 +1168,54 @@ mod tests {
         assert_eq!((state.group, state.rows()), (1, 3));
         assert_eq!(diff(&state.layers[0].cross_v, &pick(&cv, &[2, 2, 0])), 0.0);
         assert_eq!(state.cross_bias.dim(0).unwrap(), 3);
+    }
+
+    #[test]
+    fn one_query_grouped_heads_equal_repeated_heads() {
+        let dev = Device::Cpu;
+        let (rows, heads, kv_heads, len, d) = (2usize, 6usize, 2usize, 5usize, 40usize);
+        let t = |shape: &[usize], seed: u64| {
+            let n = shape.iter().product();
+            Tensor::from_vec(crate::seeded::values(n, seed), shape, &dev).unwrap()
+        };
+        let q = t(&[rows, heads, 1, d], 21);
+        let (k, v) = (
+            t(&[rows, kv_heads, len, d], 22),
+            t(&[rows, kv_heads, len, d], 23),
+        );
+        // the second row sees only its last three positions
+        let mask = Tensor::new(&[[0f32, 0., 0., 0., 0.], [-1e9, -1e9, 0., 0., 0.]], &dev)
+            .unwrap()
+            .reshape((rows, 1, 1, len))
+            .unwrap();
+        let got = attend_one_query(&q, &k, &v, Some(&mask))
+            .unwrap()
+            .expect("the fast path");
+        // query head h reads key/value head h / 3
+        let idx = Tensor::new(&[0u32, 0, 0, 1, 1, 1], &dev).unwrap();
+        let (ek, ev) = (
+            k.index_select(&idx, 1).unwrap(),
+            v.index_select(&idx, 1).unwrap(),
+        );
+        let scores = q
+            .matmul(&ek.t().unwrap())
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let want = candle_nn::ops::softmax_last_dim(&scores)
+            .unwrap()
+            .matmul(&ev)
+            .unwrap();
+        let worst: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(worst < 1e-6, "{worst}");
     }
 }
