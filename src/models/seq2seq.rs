@@ -1063,6 +1063,20 @@ pub fn iso639_3(lang: &super::super::text::langid::Language) -> Vec<&'static str
 mod tests {
     use super::*;
 
+    /// Largest absolute difference of two tensors of one shape.
+    fn diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
     #[test]
     fn in_place_reorder_equals_index_select_on_filled_positions() {
         let (rows, heads, cap, d, len) = (6, 2, 5, 3, 3);
@@ -1127,18 +1141,6 @@ mod tests {
         let repeated = [0u32, 0, 1, 1, 2, 2];
         let (ek, ev) = (pick(&ck, &repeated), pick(&cv, &repeated));
         let eb = pick(&state.cross_bias, &repeated);
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
         let l = &state.layers[0];
         // one query (the plain-loop path) and two (candle's path)
         for q_len in [1, 2] {
@@ -1206,16 +1208,7 @@ mod tests {
             .unwrap()
             .matmul(&ev)
             .unwrap();
-        let worst: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let worst = diff(&got, &want);
         assert!(worst < 1e-6, "{worst}");
     }
 }
