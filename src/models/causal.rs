@@ -225,6 +225,10 @@ pub struct LoadOptions {
     /// On by default; `TIDINGS_KERNELS=candle` in the environment turns it
     /// off, so that the two can be measured side by side with one binary.
     pub own_kernels: bool,
+    /// Keep the KV cache in f16 on the CPU (as llama.cpp does by default):
+    /// half the memory a decode step's attention reads. On by default; off
+    /// keeps f32, for the exact comparisons of the tests.
+    pub half_cache: bool,
 }
 
 impl Default for LoadOptions {
@@ -232,6 +236,7 @@ impl Default for LoadOptions {
         LoadOptions {
             requantize: true,
             own_kernels: super::q8_0::own_kernels_by_default(),
+            half_cache: true,
         }
     }
 }
@@ -1147,10 +1152,9 @@ fn load_weights<R: Read + Seek>(
     device: &Device,
     options: &LoadOptions,
 ) -> candle_core::Result<Weights> {
-    let (requantize, own) = (options.requantize, options.own_kernels);
     Ok(match family {
         Family::Qwen2 => Weights::Decoder(decoder::Model::from_gguf(
-            &content, reader, device, "qwen2", requantize, own,
+            &content, reader, device, "qwen2", options,
         )?),
         Family::Llama => {
             if has_experts(&content) {
@@ -1159,16 +1163,16 @@ fn load_weights<R: Read + Seek>(
                 )?)
             } else {
                 Weights::Decoder(decoder::Model::from_gguf(
-                    &content, reader, device, "llama", requantize, own,
+                    &content, reader, device, "llama", options,
                 )?)
             }
         }
         Family::Qwen3 => Weights::Qwen3(Box::new(quantized_qwen3::ModelWeights::from_gguf(
             content, reader, device,
         )?)),
-        Family::Gemma3 => Weights::Gemma3(gemma3::Model::from_gguf(
-            &content, reader, device, requantize, own,
-        )?),
+        Family::Gemma3 => {
+            Weights::Gemma3(gemma3::Model::from_gguf(&content, reader, device, options)?)
+        }
     })
 }
 
@@ -1382,19 +1386,37 @@ mod decoder {
     use super::layers::{
         attend, causal_mask, fast_kernels, scaled_attention, KvCache, Linear, Rope, MAX_POSITIONS,
     };
+    use crate::generate::softmax::silu_in_place;
+    use crate::models::q8_0::Stacked;
+
+    /// A layer's query, key and value projections.
+    #[derive(Debug, Clone)]
+    enum Qkv {
+        /// Three products.
+        Parts {
+            q: Linear,
+            k: Linear,
+            v: Linear,
+            /// Qwen2's projection biases (query, key, value).
+            biases: Option<(Tensor, Tensor, Tensor)>,
+        },
+        /// One product over the stacked weights (all three on our Q8_0
+        /// kernel), split into heads by plain loops that add the biases
+        /// (concatenated as the weights are) on the way: one quantized
+        /// input, one pass over the thread pool, no candle copies.
+        Stacked(Stacked, Option<Vec<f32>>),
+    }
 
     #[derive(Debug, Clone)]
     struct Attention {
-        q: Linear,
-        k: Linear,
-        v: Linear,
+        qkv: Qkv,
         o: Linear,
-        /// Qwen2's projection biases (query, key, value).
-        biases: Option<(Tensor, Tensor, Tensor)>,
         heads: usize,
         kv_heads: usize,
         head_dim: usize,
         cache: Option<KvCache>,
+        /// Keys and values kept in f16 ([`super::LoadOptions::half_cache`]).
+        half_cache: bool,
     }
 
     impl Attention {
@@ -1409,7 +1431,17 @@ mod decoder {
             let (q, k, v) = self.project(x)?;
             let q = rope.apply(&q, pos)?;
             let k = rope.apply(&k, pos)?;
-            let y = attend(&q, k, v, &mut self.cache, pos, mask, self.head_dim, None)?;
+            let y = attend(
+                &q,
+                k,
+                v,
+                &mut self.cache,
+                pos,
+                mask,
+                self.head_dim,
+                None,
+                self.half_cache,
+            )?;
             self.output(&y, b, t)
         }
 
@@ -1436,7 +1468,7 @@ mod decoder {
             let (q, k, v) = self.project(x)?;
             let q = rope.apply_rows(&q, tables)?;
             let k = rope.apply_rows(&k, tables)?;
-            let (k, v) = KvCache::append(&mut self.cache, &k, &v)?;
+            let (k, v) = KvCache::append(&mut self.cache, &k, &v, self.half_cache)?;
             let y = scaled_attention(&q, k, v, Some(mask), self.head_dim)?;
             self.output(&y, b, t)
         }
@@ -1444,6 +1476,10 @@ mod decoder {
         /// Queries, keys and values `(batch, heads, t, head_dim)` of `x`.
         fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
             let (b, t, _) = x.dims3()?;
+            let (q, k, v, biases) = match &self.qkv {
+                Qkv::Parts { q, k, v, biases } => (q, k, v, biases),
+                Qkv::Stacked(w, bias) => return self.project_stacked(w, bias.as_deref(), b, t, x),
+            };
             let project = |w: &Linear, bias: Option<&Tensor>, heads: usize| -> Result<Tensor> {
                 let y = w.forward(x)?;
                 let y = match bias {
@@ -1454,16 +1490,68 @@ mod decoder {
                     .transpose(1, 2)?
                     .contiguous()
             };
-            let (bq, bk, bv) = match &self.biases {
+            let (bq, bk, bv) = match biases {
                 Some((q, k, v)) => (Some(q), Some(k), Some(v)),
                 None => (None, None, None),
             };
             Ok((
-                project(&self.q, bq, self.heads)?,
-                project(&self.k, bk, self.kv_heads)?,
-                project(&self.v, bv, self.kv_heads)?,
+                project(q, bq, self.heads)?,
+                project(k, bk, self.kv_heads)?,
+                project(v, bv, self.kv_heads)?,
             ))
         }
+
+        /// [`Attention::project`] through [`Qkv::Stacked`].
+        fn project_stacked(
+            &self,
+            w: &Stacked,
+            bias: Option<&[f32]>,
+            b: usize,
+            t: usize,
+            x: &Tensor,
+        ) -> Result<(Tensor, Tensor, Tensor)> {
+            let (m, y) = w.matmul(x)?;
+            let width = y.len() / m.max(1);
+            let d = self.head_dim;
+            // `(b, t, heads * d)` at column `offset` of `y`, plus the bias,
+            // to `(b, heads, t, d)`
+            let heads_of = |offset: usize, heads: usize| -> Result<Tensor> {
+                let mut out = vec![0f32; b * heads * t * d];
+                for (row, y) in y.chunks_exact(width).enumerate() {
+                    let (bi, ti) = (row / t, row % t);
+                    for h in 0..heads {
+                        let at = offset + h * d;
+                        let dst = &mut out[((bi * heads + h) * t + ti) * d..][..d];
+                        dst.copy_from_slice(&y[at..at + d]);
+                        if let Some(bias) = bias {
+                            for (o, c) in dst.iter_mut().zip(&bias[at..at + d]) {
+                                *o += c;
+                            }
+                        }
+                    }
+                }
+                Tensor::from_vec(out, (b, heads, t, d), x.device())
+            };
+            let (nq, nk) = (self.heads * d, self.kv_heads * d);
+            Ok((
+                heads_of(0, self.heads)?,
+                heads_of(nq, self.kv_heads)?,
+                heads_of(nq + nk, self.kv_heads)?,
+            ))
+        }
+    }
+
+    /// A layer's gate and up projections.
+    #[derive(Debug, Clone)]
+    enum GateUp {
+        Parts {
+            gate: Linear,
+            up: Linear,
+        },
+        /// One product over the stacked weights (both on our Q8_0 kernel),
+        /// then `silu(gate) * up` in one plain pass instead of two candle
+        /// operations with their fresh tensors.
+        Stacked(Stacked),
     }
 
     #[derive(Debug, Clone)]
@@ -1471,8 +1559,7 @@ mod decoder {
         attn_norm: RmsNorm,
         attn: Attention,
         ffn_norm: RmsNorm,
-        gate: Linear,
-        up: Linear,
+        gate_up: GateUp,
         down: Linear,
     }
 
@@ -1480,7 +1567,31 @@ mod decoder {
         /// `x` plus the SiLU-gated MLP of its normed self.
         fn mlp_residual(&self, x: &Tensor) -> Result<Tensor> {
             let h = self.ffn_norm.forward(x)?;
-            let gated = (candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?;
+            let gated = match &self.gate_up {
+                GateUp::Parts { gate, up } => {
+                    (candle_nn::ops::silu(&gate.forward(&h)?)? * up.forward(&h)?)?
+                }
+                GateUp::Stacked(w) => {
+                    let (m, y) = w.matmul(&h)?;
+                    let inner = w.sizes()[0];
+                    let mut out = Vec::with_capacity(m * inner);
+                    for row in y.chunks_exact(2 * inner) {
+                        let (gate, up) = row.split_at(inner);
+                        let start = out.len();
+                        out.extend_from_slice(gate);
+                        let gated = &mut out[start..];
+                        silu_in_place(gated);
+                        for (g, u) in gated.iter_mut().zip(up) {
+                            *g *= u;
+                        }
+                    }
+                    let mut dims = h.dims().to_vec();
+                    if let Some(last) = dims.last_mut() {
+                        *last = inner;
+                    }
+                    Tensor::from_vec(out, dims, h.device())?
+                }
+            };
             x + self.down.forward(&gated)?
         }
     }
@@ -1505,9 +1616,9 @@ mod decoder {
             reader: &mut R,
             device: &Device,
             arch: &str,
-            requantize: bool,
-            own_kernels: bool,
+            options: &super::LoadOptions,
         ) -> Result<Self> {
+            let (requantize, own_kernels) = (options.requantize, options.own_kernels);
             let md = |key: &str| -> Result<&Value> {
                 ct.metadata.get(&format!("{arch}.{key}")).ok_or_else(|| {
                     candle_core::Error::Msg(format!("missing metadata `{arch}.{key}`"))
@@ -1572,23 +1683,46 @@ mod decoder {
                 } else {
                     None
                 };
+                let q = Linear::new(own_kernels, w("attn_q.weight")?)?;
+                let k = Linear::new(own_kernels, w("attn_k.weight")?)?;
+                let v = Linear::new(own_kernels, w("attn_v.weight")?)?;
+                let qkv = match Stacked::new(&[&q, &k, &v]) {
+                    Some(stacked)
+                        if stacked.sizes()
+                            == [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim] =>
+                    {
+                        let bias = match &biases {
+                            Some((bq, bk, bv)) => {
+                                Some(Tensor::cat(&[bq, bk, bv], 0)?.to_vec1::<f32>()?)
+                            }
+                            None => None,
+                        };
+                        Qkv::Stacked(stacked, bias)
+                    }
+                    _ => Qkv::Parts { q, k, v, biases },
+                };
                 let attn = Attention {
-                    q: Linear::new(own_kernels, w("attn_q.weight")?)?,
-                    k: Linear::new(own_kernels, w("attn_k.weight")?)?,
-                    v: Linear::new(own_kernels, w("attn_v.weight")?)?,
+                    qkv,
                     o: Linear::new(own_kernels, w("attn_output.weight")?)?,
-                    biases,
                     heads,
                     kv_heads,
                     head_dim,
                     cache: None,
+                    half_cache: options.half_cache,
+                };
+                let gate = Linear::new(own_kernels, w("ffn_gate.weight")?)?;
+                let up = Linear::new(own_kernels, w("ffn_up.weight")?)?;
+                let gate_up = match Stacked::new(&[&gate, &up]) {
+                    Some(stacked) if stacked.sizes()[0] == stacked.sizes()[1] => {
+                        GateUp::Stacked(stacked)
+                    }
+                    _ => GateUp::Parts { gate, up },
                 };
                 layers.push(Layer {
                     attn_norm: RmsNorm::from_qtensor(w("attn_norm.weight")?, eps)?,
                     attn,
                     ffn_norm: RmsNorm::from_qtensor(w("ffn_norm.weight")?, eps)?,
-                    gate: Linear::new(own_kernels, w("ffn_gate.weight")?)?,
-                    up: Linear::new(own_kernels, w("ffn_up.weight")?)?,
+                    gate_up,
                     down: Linear::new(own_kernels, w("ffn_down.weight")?)?,
                 });
             }
@@ -1879,14 +2013,30 @@ mod layers {
             ))
         }
 
+        /// What the cache stores `x`'s values as: with `half`, f16 on the CPU (llama.cpp's
+        /// default too), where a decode step's attention is bound by reading
+        /// the cache (8-sequence SmolLM2 decode: a quarter of the time in
+        /// the attention, over 90 MB of f32 keys and values a step);
+        /// `x`'s own type elsewhere.
+        pub fn dtype_for(x: &Tensor, half: bool) -> DType {
+            if half && x.device().is_cpu() && x.dtype() == DType::F32 {
+                DType::F16
+            } else {
+                x.dtype()
+            }
+        }
+
         /// Appends `k`, `v` (`(batch, kv_heads, t, head_dim)`) to `cache`
         /// (starting one when `None`) and returns all filled positions.
         pub fn append(
             cache: &mut Option<KvCache>,
             k: &Tensor,
             v: &Tensor,
+            half: bool,
         ) -> Result<(Tensor, Tensor)> {
             let (b, heads, t, d) = k.dims4()?;
+            let k = &k.to_dtype(Self::dtype_for(k, half))?;
+            let v = &v.to_dtype(Self::dtype_for(v, half))?;
             let c = match cache.take() {
                 Some(c)
                     if c.own
@@ -1945,11 +2095,12 @@ mod layers {
         mask: Option<&Tensor>,
         head_dim: usize,
         window: Option<usize>,
+        half: bool,
     ) -> Result<Tensor> {
         if pos == 0 {
             *cache = None;
         }
-        let (k, v) = KvCache::append(cache, &k, &v)?;
+        let (k, v) = KvCache::append(cache, &k, &v, half)?;
         let (k, v) = match window {
             Some(w) if q.dim(2)? == 1 && k.dim(2)? > w => {
                 let len = k.dim(2)?;
@@ -1985,6 +2136,8 @@ mod layers {
                 return Ok(y);
             }
         }
+        // candle's products take one type (the cache may hold f16)
+        let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
         let kv_heads = k.dim(1)?;
         let groups = heads / kv_heads;
         let q = q.contiguous()?.reshape((b, kv_heads, groups * t, d))?;
@@ -2072,6 +2225,8 @@ mod gemma3 {
         heads: usize,
         kv_heads: usize,
         head_dim: usize,
+        /// Keys and values kept in f16 ([`super::LoadOptions::half_cache`]).
+        half_cache: bool,
         device: Device,
     }
 
@@ -2081,9 +2236,9 @@ mod gemma3 {
             ct: &Content,
             reader: &mut R,
             device: &Device,
-            requantize: bool,
-            own_kernels: bool,
+            options: &super::LoadOptions,
         ) -> Result<Self> {
+            let (requantize, own_kernels) = (options.requantize, options.own_kernels);
             let md = |key: &str| -> Result<&Value> {
                 ct.metadata.get(&format!("gemma3.{key}")).ok_or_else(|| {
                     candle_core::Error::Msg(format!("missing metadata `gemma3.{key}`"))
@@ -2170,6 +2325,7 @@ mod gemma3 {
                 heads,
                 kv_heads,
                 head_dim,
+                half_cache: options.half_cache,
                 device: device.clone(),
             })
         }
@@ -2189,6 +2345,7 @@ mod gemma3 {
             };
             let mut x = (self.embed.forward(tokens)? * self.embed_scale)?;
             let (heads, kv_heads, hd) = (self.heads, self.kv_heads, self.head_dim);
+            let half_cache = self.half_cache;
             for layer in &mut self.layers {
                 let (rope, mask) = match layer.window {
                     Some(_) => (&self.local_rope, local_mask.as_ref()),
@@ -2209,7 +2366,17 @@ mod gemma3 {
                 let v = split(layer.v.forward(&h)?, kv_heads, None)?;
                 let q = rope.apply(&q, pos)?;
                 let k = rope.apply(&k, pos)?;
-                let y = attend(&q, k, v, &mut layer.cache, pos, mask, hd, layer.window)?;
+                let y = attend(
+                    &q,
+                    k,
+                    v,
+                    &mut layer.cache,
+                    pos,
+                    mask,
+                    hd,
+                    layer.window,
+                    half_cache,
+                )?;
                 let y = layer
                     .o
                     .forward(&y.transpose(1, 2)?.reshape((b, t, heads * hd))?)?;
@@ -2373,22 +2540,30 @@ mod kv_cache_tests {
         .unwrap()
     }
 
+    /// Values as the cache stores them (f16 on the CPU), read back as f32.
     fn values(t: &Tensor) -> Vec<f32> {
-        t.flatten_all().unwrap().to_vec1().unwrap()
+        t.to_dtype(KvCache::dtype_for(t, true))
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     #[test]
     fn appends_equal_concatenation_and_clones_stay_independent() {
         let (a, b, c) = (step(1), step(2), step(3));
         let mut cache = None;
-        KvCache::append(&mut cache, &a, &a).unwrap();
+        KvCache::append(&mut cache, &a, &a, true).unwrap();
         let prefix = cache.clone();
-        let (k, _) = KvCache::append(&mut cache, &b, &b).unwrap();
+        let (k, _) = KvCache::append(&mut cache, &b, &b, true).unwrap();
         let want = Tensor::cat(&[&a, &b], 2).unwrap();
         assert_eq!(values(&k), values(&want));
         // the clone taken after `a` goes its own way from there
         let mut other = prefix;
-        let (k2, v2) = KvCache::append(&mut other, &c, &c).unwrap();
+        let (k2, v2) = KvCache::append(&mut other, &c, &c, true).unwrap();
         let want2 = Tensor::cat(&[&a, &c], 2).unwrap();
         assert_eq!(values(&k2), values(&want2));
         assert_eq!(values(&v2), values(&want2));

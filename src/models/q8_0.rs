@@ -73,12 +73,66 @@ impl QLinear {
     }
 }
 
+impl QLinear {
+    /// Our Q8_0 matrix, where this product runs on our kernel.
+    pub fn q8(&self) -> Option<&Q8Matrix> {
+        match self {
+            QLinear::Q8(m) => Some(m),
+            QLinear::Candle(_) => None,
+        }
+    }
+}
+
 impl Module for QLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             QLinear::Candle(m) => m.forward(x),
             QLinear::Q8(m) => m.forward(x),
         }
+    }
+}
+
+/// Products of one input with several Q8_0 weights, run as one product
+/// over the weights stacked by rows ([`Q8Matrix::stack`]).
+#[derive(Debug, Clone)]
+pub struct Stacked {
+    matrix: Arc<Q8Matrix>,
+    sizes: Vec<usize>,
+}
+
+impl Stacked {
+    /// `None` unless every part runs on our kernel and they stack.
+    pub fn new(parts: &[&QLinear]) -> Option<Stacked> {
+        let matrices: Option<Vec<&Q8Matrix>> = parts.iter().map(|p| p.q8()).collect();
+        let matrices = matrices?;
+        Some(Stacked {
+            sizes: matrices.iter().map(|m| m.rows).collect(),
+            matrix: Arc::new(Q8Matrix::stack(&matrices)?),
+        })
+    }
+
+    /// Output features of each part, in order.
+    pub fn sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+
+    /// `x` `(..., cols)` times all parts: the rows of `x` (`m`), and an
+    /// `(m, sum of sizes)` row-major product whose rows hold the parts'
+    /// outputs side by side.
+    pub fn matmul(&self, x: &Tensor) -> Result<(usize, Vec<f32>)> {
+        let k = self.matrix.cols;
+        if x.dims().last() != Some(&k) {
+            candle_core::bail!(
+                "Q8_0 product: input {:?}, the matrix {k} features",
+                x.dims()
+            );
+        }
+        let m = x.elem_count() / k.max(1);
+        let xs = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok((m, self.matrix.matmul(&xs, m)))
     }
 }
 
@@ -202,6 +256,39 @@ impl Q8Matrix {
             data,
             isa,
         }))
+    }
+
+    /// The rows of `parts` (same columns, each a whole number of groups of
+    /// four rows but the last) as one matrix, so that products of one
+    /// input with all of them run as one: one quantization of the input
+    /// and one pass over the thread pool instead of one per part (the
+    /// query, key and value projections of a layer, or its gate and up
+    /// projections). `None` where the parts do not fit together.
+    pub fn stack(parts: &[&Q8Matrix]) -> Option<Q8Matrix> {
+        let first = parts.first()?;
+        let (_, init) = parts.split_last()?;
+        if parts
+            .iter()
+            .any(|p| p.cols != first.cols || p.isa != first.isa)
+            || init.iter().any(|p| !p.rows.is_multiple_of(GROUP))
+        {
+            return None;
+        }
+        let mut data = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
+        for p in parts {
+            data.extend_from_slice(&p.data);
+        }
+        Some(Q8Matrix {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            data,
+            isa: first.isa,
+        })
+    }
+
+    /// Output features (weight rows).
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
     /// The 32 values and the scale of block `b` of row `row`.
@@ -703,6 +790,42 @@ mod tests {
             let y = ours.forward(&xt.reshape((1, m, k)).unwrap()).unwrap();
             assert_eq!(y.dims(), &[1, m, n]);
         }
+    }
+
+    #[test]
+    fn stacked_matrices_give_the_parts_side_by_side() {
+        if !available() {
+            return;
+        }
+        // a last part with a partial group of four rows
+        let parts: Vec<Q8Matrix> = [(8, 64), (4, 64), (6, 64)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(n, k))| {
+                Q8Matrix::from_qtensor(&q8(n, k, 40 + i as u64).1)
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect();
+        let refs: Vec<&Q8Matrix> = parts.iter().collect();
+        let stacked = Q8Matrix::stack(&refs).unwrap();
+        assert_eq!(stacked.rows(), 18);
+        let m = 5;
+        let x = crate::seeded::values(m * 64, 8);
+        let got = stacked.matmul(&x, m);
+        let wanted: Vec<Vec<f32>> = parts.iter().map(|p| p.matmul(&x, m)).collect();
+        for i in 0..m {
+            let row: Vec<f32> = parts
+                .iter()
+                .zip(&wanted)
+                .flat_map(|(p, w)| w[i * p.rows()..(i + 1) * p.rows()].to_vec())
+                .collect();
+            assert_eq!(&got[i * 18..(i + 1) * 18], &row[..]);
+        }
+        // a partial group anywhere but last, or other widths, do not stack
+        assert!(Q8Matrix::stack(&[&parts[2], &parts[0]]).is_none());
+        let wide = Q8Matrix::from_qtensor(&q8(4, 96, 1).1).unwrap().unwrap();
+        assert!(Q8Matrix::stack(&[&parts[0], &wide]).is_none());
     }
 
     #[test]

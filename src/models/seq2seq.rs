@@ -437,25 +437,55 @@ pub fn attend_grouped(
 /// strided views (the self-attention cache is a narrowed view).
 mod one_query {
     use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
+    use half::f16;
 
-    /// Memory of a CPU f32 tensor and the strides of its four dimensions,
+    /// Values of the keys and values: f32, or f16 (the GGUF decoders'
+    /// caches, half the memory traffic of a decode step's attention).
+    pub(super) trait Value: Copy + Sync {
+        fn f32(self) -> f32;
+        fn slice(storage: &Storage) -> Option<&[Self]>;
+    }
+
+    impl Value for f32 {
+        fn f32(self) -> f32 {
+            self
+        }
+        fn slice(storage: &Storage) -> Option<&[f32]> {
+            match storage {
+                Storage::Cpu(CpuStorage::F32(data)) => Some(data),
+                _ => None,
+            }
+        }
+    }
+
+    impl Value for f16 {
+        fn f32(self) -> f32 {
+            self.to_f32()
+        }
+        fn slice(storage: &Storage) -> Option<&[f16]> {
+            match storage {
+                Storage::Cpu(CpuStorage::F16(data)) => Some(data),
+                _ => None,
+            }
+        }
+    }
+
+    /// Memory of a CPU tensor and the strides of its four dimensions,
     /// when the last one is contiguous.
-    struct View<'a> {
-        data: &'a [f32],
+    struct View<'a, T> {
+        data: &'a [T],
         start: usize,
         stride: [usize; 4],
     }
 
-    impl View<'_> {
+    impl<T> View<'_, T> {
         fn at(&self, a: usize, b: usize, c: usize) -> usize {
             self.start + a * self.stride[0] + b * self.stride[1] + c * self.stride[2]
         }
     }
 
-    fn view<'a>(storage: &'a Storage, layout: &Layout) -> Option<View<'a>> {
-        let Storage::Cpu(CpuStorage::F32(data)) = storage else {
-            return None;
-        };
+    fn view<'a, T: Value>(storage: &'a Storage, layout: &Layout) -> Option<View<'a, T>> {
+        let data = T::slice(storage)?;
         let stride: [usize; 4] = layout.stride().try_into().ok()?;
         if layout.dims()[3] > 1 && stride[3] != 1 {
             return None;
@@ -468,7 +498,14 @@ mod one_query {
     }
 
     /// `out = sum_j probs[j] * scale * v[g, h, j, ..]`.
-    fn weighted_sum(probs: &[f32], scale: f32, v: &View, g: usize, h: usize, out: &mut [f32]) {
+    fn weighted_sum<T: simd::Load8>(
+        probs: &[f32],
+        scale: f32,
+        v: &View<T>,
+        g: usize,
+        h: usize,
+        out: &mut [f32],
+    ) {
         let at = |j: usize| v.at(g, h, j);
         let d = out.len();
         let done = simd::weighted_sum(probs, scale, v.data, at, out);
@@ -478,24 +515,24 @@ mod one_query {
             for (j, &p) in probs.iter().enumerate() {
                 let p = p * scale;
                 for (y, &x) in rest.iter_mut().zip(&v.data[at(j) + done..][..d - done]) {
-                    *y += p * x;
+                    *y += p * x.f32();
                 }
             }
         }
     }
 
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
+    fn dot<T: simd::Load8>(a: &[f32], b: &[T]) -> f32 {
         let (done, sum) = simd::dot(a, b);
         sum + a[done..]
             .iter()
             .zip(&b[done..])
-            .map(|(x, y)| x * y)
+            .map(|(x, y)| x * y.f32())
             .sum::<f32>()
     }
 
-    /// The vector parts of [`dot`] and [`weighted_sum`] with AVX2 and FMA
-    /// (compiled in when the target has them, as `target-cpu=native` or
-    /// `x86-64-v3` builds do): written with intrinsics because the
+    /// The vector parts of [`dot`] and [`weighted_sum`] with AVX2, FMA and
+    /// F16C (compiled in when the target has them, as `target-cpu=native`
+    /// or `x86-64-v3` builds do): written with intrinsics because the
     /// compiler's vectorization of the plain loops was measured to vary
     /// between eight-lane chains of dependent adds and two-lane code with
     /// every change around them (a step's attention took 13% of a beam-4
@@ -504,26 +541,50 @@ mod one_query {
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
-        target_feature = "fma"
+        target_feature = "fma",
+        target_feature = "f16c"
     ))]
     mod simd {
+        use super::Value;
+        use half::f16;
         use std::arch::x86_64::*;
+
+        /// Eight values as f32 lanes.
+        pub(super) trait Load8: Value {
+            /// # Safety
+            /// `p` must point to eight readable values.
+            unsafe fn load8(p: *const Self) -> __m256;
+        }
+
+        impl Load8 for f32 {
+            #[inline(always)]
+            unsafe fn load8(p: *const f32) -> __m256 {
+                _mm256_loadu_ps(p)
+            }
+        }
+
+        impl Load8 for f16 {
+            #[inline(always)]
+            unsafe fn load8(p: *const f16) -> __m256 {
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+            }
+        }
 
         /// `a . b` over the leading multiple of 32 values, four independent
         /// eight-lane sums.
-        pub(super) fn dot(a: &[f32], b: &[f32]) -> (usize, f32) {
+        pub(super) fn dot<T: Load8>(a: &[f32], b: &[T]) -> (usize, f32) {
             let n = a.len().min(b.len());
             let main = n - n % 32;
-            // SAFETY: AVX2 and FMA are enabled for the whole build (the
-            // cfg above); every load reads 8 values at `i + 8k + 7 < main`,
-            // inside both slices.
+            // SAFETY: AVX2, FMA and F16C are enabled for the whole build
+            // (the cfg above); every load reads 8 values at
+            // `i + 8k + 7 < main`, inside both slices.
             unsafe {
                 let (pa, pb) = (a.as_ptr(), b.as_ptr());
                 let mut acc = [_mm256_setzero_ps(); 4];
                 for i in (0..main).step_by(32) {
                     for (k, acc) in acc.iter_mut().enumerate() {
                         let x = _mm256_loadu_ps(pa.add(i + 8 * k));
-                        let y = _mm256_loadu_ps(pb.add(i + 8 * k));
+                        let y = T::load8(pb.add(i + 8 * k));
                         *acc = _mm256_fmadd_ps(x, y, *acc);
                     }
                 }
@@ -535,12 +596,62 @@ mod one_query {
             }
         }
 
+        /// `out[j] = q . data[at(j)..][..q.len()]` for the leading multiple
+        /// of 8 of `out.len()` keys (all of them when the key length is
+        /// not a multiple of 8: then none). Eight keys at a time, one
+        /// accumulator each, summed across lanes together (six horizontal
+        /// adds for eight sums instead of a reduction per key, which had
+        /// made the scores of a decode step's attention a fifth of an
+        /// 8-sequence decode).
+        pub(super) fn dots8<T: Load8>(
+            q: &[f32],
+            data: &[T],
+            at: impl Fn(usize) -> usize,
+            out: &mut [f32],
+        ) -> usize {
+            let d = q.len();
+            if !d.is_multiple_of(8) {
+                return 0;
+            }
+            let main = out.len() - out.len() % 8;
+            for j in (0..main).step_by(8) {
+                // SAFETY: AVX2, FMA and F16C are enabled for the whole build;
+                // each key slice is bounds-checked to `d` values, and every
+                // load reads 8 values at `c + 7 < d`; the store writes
+                // `out[j..j + 8]` with `j + 8 <= main`.
+                unsafe {
+                    let keys: [*const T; 8] =
+                        std::array::from_fn(|k| data[at(j + k)..][..d].as_ptr());
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    for c in (0..d).step_by(8) {
+                        let x = _mm256_loadu_ps(q.as_ptr().add(c));
+                        for (acc, key) in acc.iter_mut().zip(&keys) {
+                            *acc = _mm256_fmadd_ps(x, T::load8(key.add(c)), *acc);
+                        }
+                    }
+                    let a = _mm256_hadd_ps(acc[0], acc[1]);
+                    let b = _mm256_hadd_ps(acc[2], acc[3]);
+                    let c = _mm256_hadd_ps(acc[4], acc[5]);
+                    let e = _mm256_hadd_ps(acc[6], acc[7]);
+                    // lanes: keys 0-3 (low half: low 4 values, high half: high 4)
+                    let lo = _mm256_hadd_ps(a, b);
+                    let hi = _mm256_hadd_ps(c, e);
+                    let sums = _mm256_add_ps(
+                        _mm256_permute2f128_ps(lo, hi, 0x20),
+                        _mm256_permute2f128_ps(lo, hi, 0x31),
+                    );
+                    _mm256_storeu_ps(out.as_mut_ptr().add(j), sums);
+                }
+            }
+            main
+        }
+
         /// `out[..covered] = sum_j probs[j] * scale * data[at(j) + i]`, in
         /// chunks of 32 outputs held in four registers over all `j`.
-        pub(super) fn weighted_sum(
+        pub(super) fn weighted_sum<T: Load8>(
             probs: &[f32],
             scale: f32,
-            data: &[f32],
+            data: &[T],
             at: impl Fn(usize) -> usize,
             out: &mut [f32],
         ) -> usize {
@@ -552,10 +663,14 @@ mod one_query {
                 unsafe {
                     let mut acc = [_mm256_setzero_ps(); 4];
                     for (j, &p) in probs.iter().enumerate() {
+                        if p == 0.0 {
+                            // dropped weights (see `attend`)
+                            continue;
+                        }
                         let row = data[at(j) + c..][..32].as_ptr();
                         let p = _mm256_set1_ps(p * scale);
                         for (k, acc) in acc.iter_mut().enumerate() {
-                            *acc = _mm256_fmadd_ps(p, _mm256_loadu_ps(row.add(8 * k)), *acc);
+                            *acc = _mm256_fmadd_ps(p, T::load8(row.add(8 * k)), *acc);
                         }
                     }
                     for (k, acc) in acc.iter().enumerate() {
@@ -567,21 +682,37 @@ mod one_query {
         }
     }
 
-    /// Without AVX2 and FMA in the build, the callers' plain loops do all.
+    /// Without AVX2, FMA and F16C in the build, the callers' plain loops
+    /// do all.
     #[cfg(not(all(
         target_arch = "x86_64",
         target_feature = "avx2",
-        target_feature = "fma"
+        target_feature = "fma",
+        target_feature = "f16c"
     )))]
     mod simd {
-        pub(super) fn dot(_: &[f32], _: &[f32]) -> (usize, f32) {
+        use super::Value;
+
+        pub(super) trait Load8: Value {}
+        impl<T: Value> Load8 for T {}
+
+        pub(super) fn dot<T: Value>(_: &[f32], _: &[T]) -> (usize, f32) {
             (0, 0.0)
         }
 
-        pub(super) fn weighted_sum(
+        pub(super) fn dots8<T: Value>(
+            _: &[f32],
+            _: &[T],
+            _: impl Fn(usize) -> usize,
+            _: &mut [f32],
+        ) -> usize {
+            0
+        }
+
+        pub(super) fn weighted_sum<T: Value>(
             _: &[f32],
             _: f32,
-            _: &[f32],
+            _: &[T],
             _: impl Fn(usize) -> usize,
             _: &mut [f32],
         ) -> usize {
@@ -589,8 +720,24 @@ mod one_query {
         }
     }
 
-    /// `None` where the fast path does not apply (not one query, not f32 on
-    /// the CPU, a strided last dimension). `group` consecutive query rows
+    /// The output buffer, written by several threads at disjoint offsets.
+    #[derive(Clone, Copy)]
+    struct OutPtr(*mut f32);
+    // SAFETY: each unit of work writes only its own queries' outputs.
+    unsafe impl Send for OutPtr {}
+    unsafe impl Sync for OutPtr {}
+
+    impl OutPtr {
+        /// The pointer (a method, so closures capture the whole `Sync`
+        /// wrapper rather than its raw-pointer field).
+        fn get(self) -> *mut f32 {
+            self.0
+        }
+    }
+
+    /// `None` where the fast path does not apply (not one query, not on
+    /// the CPU, queries not f32, keys and values not both f32 or both f16,
+    /// a strided last dimension). `group` consecutive query rows
     /// share a row of `k`, `v` and `bias`; they are taken together, so
     /// that the shared keys and values are read from memory once. `k` and
     /// `v` may have fewer heads than `q` (grouped-query attention: query
@@ -602,17 +749,33 @@ mod one_query {
         bias: Option<&Tensor>,
         group: usize,
     ) -> candle_core::Result<Option<Tensor>> {
-        let Ok((rows, heads, 1, d)) = q.dims4() else {
+        let Ok((rows, _, 1, _)) = q.dims4() else {
             return Ok(None);
         };
         if !matches!(q.device(), Device::Cpu)
-            || [q.dtype(), k.dtype(), v.dtype()] != [DType::F32; 3]
+            || q.dtype() != DType::F32
+            || k.dtype() != v.dtype()
             || bias.is_some_and(|b| b.dtype() != DType::F32)
             || group == 0
             || !rows.is_multiple_of(group)
         {
             return Ok(None);
         }
+        match k.dtype() {
+            DType::F32 => attend_with::<f32>(q, k, v, bias, group),
+            DType::F16 => attend_with::<f16>(q, k, v, bias, group),
+            _ => Ok(None),
+        }
+    }
+
+    fn attend_with<T: simd::Load8>(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        group: usize,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (rows, heads, _, d) = q.dims4()?;
         let shared = rows / group;
         let (kr, kv_heads, len, kd) = k.dims4()?;
         if (kr, kd) != (shared, d)
@@ -632,54 +795,88 @@ mod one_query {
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
         let bs = bias.as_ref().map(|b| b.storage_and_layout());
-        let (Some(qv), Some(kv), Some(vv)) = (view(&qs, ql), view(&ks, kl), view(&vs, vl)) else {
+        let (Some(qv), Some(kv), Some(vv)) =
+            (view::<f32>(&qs, ql), view::<T>(&ks, kl), view::<T>(&vs, vl))
+        else {
             return Ok(None);
         };
         let bv = match &bs {
-            Some((s, l)) => match view(s, l) {
+            Some((s, l)) => match view::<f32>(s, l) {
                 Some(v) => Some(v),
                 None => return Ok(None),
             },
             None => None,
         };
         let mut out = vec![0f32; rows * heads * d];
-        let mut scores = vec![0f32; len];
-        for g in 0..shared {
-            for h in 0..heads {
-                for r in g * group..(g + 1) * group {
-                    let qa = qv.at(r, h, 0);
-                    let query = &qv.data[qa..qa + d];
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        *s = dot(query, &kv.data[kv.at(g, h / per_kv, j)..][..d]);
-                    }
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        if let Some(b) = &bv {
-                            *s += b.data[b.at(g, h, 0) + j * b.stride[3]];
-                        }
-                        max = max.max(*s);
-                    }
-                    let mut sum = 0f32;
-                    for s in scores.iter_mut() {
-                        // Weights below e^-40 of the largest are dropped:
-                        // times a value row they give subnormal products,
-                        // which this CPU finishes in microcode (a padded or
-                        // peaked row made the attention three times slower),
-                        // and they are far below f32's resolution of the sum.
-                        let z = *s - max;
-                        *s = if z < -40.0 {
-                            0.0
-                        } else {
-                            crate::generate::softmax::exp_nonpositive(z)
-                        };
-                        sum += *s;
-                    }
-                    let inv = 1.0 / sum;
-                    let o = &mut out[(r * heads + h) * d..][..d];
-                    weighted_sum(&scores, inv, &vv, g, h / per_kv, o);
+        let out_at = OutPtr(out.as_mut_ptr());
+        // One unit of work is a row of `k`, `v` with one of its key/value
+        // heads and every query that reads them (`group` rows times
+        // `per_kv` heads), so those keys and values come from memory once
+        // for all those queries (then from the cache), and the units are spread over candle's math threads (a step's
+        // attention had run on one thread while the other waited: 20% of
+        // an 8-sequence SmolLM2 decode).
+        let units = shared * kv_heads;
+        let queries = group * per_kv;
+        let unit = |u: usize, scores: &mut [f32]| {
+            let (g, kh) = (u / kv_heads, u % kv_heads);
+            // query `i` of the unit: row `g * group + i / per_kv`, head
+            // `kh * per_kv + i % per_kv`
+            let who = |i: usize| (g * group + i / per_kv, kh * per_kv + i % per_kv);
+            for i in 0..queries {
+                let (r, h) = who(i);
+                let qa = qv.at(r, h, 0);
+                let query = &qv.data[qa..qa + d];
+                let scores = &mut scores[i * len..][..len];
+                let done = simd::dots8(query, kv.data, |j| kv.at(g, kh, j), scores);
+                for (j, s) in scores.iter_mut().enumerate().skip(done) {
+                    *s = dot(query, &kv.data[kv.at(g, kh, j)..][..d]);
                 }
             }
-        }
+            for i in 0..queries {
+                let (r, h) = who(i);
+                let scores = &mut scores[i * len..][..len];
+                if let Some(b) = &bv {
+                    let at = b.at(g, h, 0);
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        *s += b.data[at + j * b.stride[3]];
+                    }
+                }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                // (the exponential of every score, then the selection: a
+                // loop the compiler vectorizes)
+                for s in scores.iter_mut() {
+                    // Weights below e^-40 of the largest are dropped:
+                    // times a value row they give subnormal products,
+                    // which this CPU finishes in microcode (a padded or
+                    // peaked row made the attention three times slower),
+                    // and they are far below f32's resolution of the sum.
+                    let z = *s - max;
+                    let e = crate::generate::softmax::exp_nonpositive(z);
+                    *s = if z < -40.0 { 0.0 } else { e };
+                }
+                let mut lanes = [0f32; 16];
+                let chunks = scores.chunks_exact(16);
+                let tail: f32 = chunks.remainder().iter().sum();
+                for c in chunks {
+                    for (l, &s) in lanes.iter_mut().zip(c) {
+                        *l += s;
+                    }
+                }
+                let inv = 1.0 / (lanes.iter().sum::<f32>() + tail);
+                // SAFETY: query (r, h) belongs to this unit alone, so no
+                // other unit writes these `d` values; `r < rows`, `h < heads`.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(out_at.get().add((r * heads + h) * d), d)
+                };
+                weighted_sum(scores, inv, &vv, g, kh, o);
+            }
+        };
+        candle_core::utils::barrier_pool().execute_chunked(units, |range| {
+            let mut scores = vec![0f32; queries * len];
+            for u in range {
+                unit(u, &mut scores);
+            }
+        });
         Ok(Some(Tensor::from_vec(
             out,
             (rows, heads, 1, d),

@@ -544,6 +544,7 @@ fn compare_with_candle(path: &Path, tokens: &[u32], agreement: Agreement) -> Res
     let mut reference = Reference::load(path)?;
     let exact = LoadOptions {
         requantize: false,
+        half_cache: false,
         ..LoadOptions::default()
     };
     let mut ours = CausalModel::load_with("ours", path, None, &Device::Cpu, &exact)?;
@@ -704,6 +705,7 @@ fn check_real_decoder(env: &str, package: &str, kl_limit: f64) -> Result<()> {
 
     let exact = LoadOptions {
         requantize: false,
+        half_cache: false,
         ..LoadOptions::default()
     };
     let mut exact = CausalModel::load_with(package, &path, None, &Device::Cpu, &exact)?;
