@@ -641,33 +641,56 @@ mod x86 {
             unsafe fn $name(o: Operands, i: usize, g: usize) {
                 let mut acc = [[_mm512_setzero_ps(); GROUP]; $r];
                 let mut w = o.w.add(g * o.blocks * GROUP_BLOCK_BYTES);
+                // lane patterns: weight row `c`'s scale of the first block
+                // in the low eight lanes, of the second in the high eight
+                // (from the eight scales of the two blocks); an activation
+                // row's two block scales likewise
+                let by_row: [__m512i; GROUP] = std::array::from_fn(|c| {
+                    let c = c as i32;
+                    _mm512_setr_epi32(
+                        c,
+                        c,
+                        c,
+                        c,
+                        c,
+                        c,
+                        c,
+                        c,
+                        4 + c,
+                        4 + c,
+                        4 + c,
+                        4 + c,
+                        4 + c,
+                        4 + c,
+                        4 + c,
+                        4 + c,
+                    )
+                });
+                let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
                 for b in (0..o.blocks).step_by(2) {
                     let next = w.add(GROUP_BLOCK_BYTES);
+                    // the four rows' f16 scales of both blocks, as f32
+                    let scales = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_unpacklo_epi64(
+                        _mm_loadl_epi64(w.add(GROUP * BLOCK) as *const __m128i),
+                        _mm_loadl_epi64(next.add(GROUP * BLOCK) as *const __m128i),
+                    )));
                     let mut wq = [_mm512_setzero_si512(); GROUP];
                     let mut ws = [_mm512_setzero_ps(); GROUP];
                     for c in 0..GROUP {
                         let lo = _mm256_loadu_si256(w.add(c * BLOCK) as *const __m256i);
                         let hi = _mm256_loadu_si256(next.add(c * BLOCK) as *const __m256i);
                         wq[c] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                        let scale = |at: *const u8| {
-                            let bits =
-                                (at.add(GROUP * BLOCK + 2 * c) as *const u16).read_unaligned();
-                            f16::from_bits(bits).to_f32()
-                        };
-                        ws[c] = _mm512_insertf32x8(
-                            _mm512_set1_ps(scale(w)),
-                            _mm256_set1_ps(scale(next)),
-                            1,
-                        );
+                        ws[c] = _mm512_permutexvar_ps(by_row[c], scales);
                     }
                     for r in 0..$r {
                         let at = (i + r) * o.blocks + b;
                         let aq = _mm512_loadu_si512(o.a_q.add(at * BLOCK) as *const _);
                         let corr = _mm512_loadu_si512(o.a_c.add(at * 8) as *const _);
-                        let ad = _mm512_insertf32x8(
-                            _mm512_set1_ps(*o.a_s.add(at)),
-                            _mm256_set1_ps(*o.a_s.add(at + 1)),
-                            1,
+                        let ad = _mm512_permutexvar_ps(
+                            halves,
+                            _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(
+                                o.a_s.add(at) as *const __m128i,
+                            ))),
                         );
                         for c in 0..GROUP {
                             let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, wq[c], aq));
