@@ -497,25 +497,26 @@ mod one_query {
         })
     }
 
-    /// `out = sum_j probs[j] * scale * v[g, h, j, ..]`.
-    fn weighted_sum<T: simd::Load8>(
-        probs: &[f32],
-        scale: f32,
+    /// `outs[q] = sum_j probs[q][j] * v[g, h, j, ..]` for `N` queries
+    /// reading the same values.
+    fn weighted_sums<T: simd::Load8, const N: usize>(
+        probs: [&[f32]; N],
         v: &View<T>,
         g: usize,
         h: usize,
-        out: &mut [f32],
+        mut outs: [&mut [f32]; N],
     ) {
         let at = |j: usize| v.at(g, h, j);
-        let d = out.len();
-        let done = simd::weighted_sum(probs, scale, v.data, at, out);
-        if done < d {
-            let rest = &mut out[done..];
-            rest.fill(0.0);
-            for (j, &p) in probs.iter().enumerate() {
-                let p = p * scale;
-                for (y, &x) in rest.iter_mut().zip(&v.data[at(j) + done..][..d - done]) {
-                    *y += p * x.f32();
+        let done = simd::weighted_sums(probs, v.data, at, &mut outs);
+        for (probs, out) in probs.iter().zip(outs.iter_mut()) {
+            let d = out.len();
+            if done < d {
+                let rest = &mut out[done..];
+                rest.fill(0.0);
+                for (j, &p) in probs.iter().enumerate() {
+                    for (y, &x) in rest.iter_mut().zip(&v.data[at(j) + done..][..d - done]) {
+                        *y += p * x.f32();
+                    }
                 }
             }
         }
@@ -530,7 +531,7 @@ mod one_query {
             .sum::<f32>()
     }
 
-    /// The vector parts of [`dot`] and [`weighted_sum`] with AVX2, FMA and
+    /// The vector parts of [`dot`] and [`weighted_sums`] with AVX2, FMA and
     /// F16C (compiled in when the target has them, as `target-cpu=native`
     /// or `x86-64-v3` builds do): written with intrinsics because the
     /// compiler's vectorization of the plain loops was measured to vary
@@ -646,35 +647,38 @@ mod one_query {
             main
         }
 
-        /// `out[..covered] = sum_j probs[j] * scale * data[at(j) + i]`, in
-        /// chunks of 32 outputs held in four registers over all `j`.
-        pub(super) fn weighted_sum<T: Load8>(
-            probs: &[f32],
-            scale: f32,
+        /// `outs[q][..covered] = sum_j probs[q][j] * data[at(j) + i]` for
+        /// `N` queries that read the same rows: each row is loaded and
+        /// converted once for all of them (grouped-query heads share their
+        /// values). Chunks of 16 outputs, two registers a query.
+        pub(super) fn weighted_sums<T: Load8, const N: usize>(
+            probs: [&[f32]; N],
             data: &[T],
             at: impl Fn(usize) -> usize,
-            out: &mut [f32],
+            outs: &mut [&mut [f32]; N],
         ) -> usize {
-            let main = out.len() - out.len() % 32;
-            for c in (0..main).step_by(32) {
-                // SAFETY: as in `dot`; each row slice is bounds-checked to
-                // 32 values before its four loads, and the stores write
-                // `out[c..c + 32]` with `c + 32 <= main`.
+            let d = outs.iter().map(|o| o.len()).min().unwrap_or(0);
+            let len = probs.iter().map(|p| p.len()).min().unwrap_or(0);
+            let main = d - d % 16;
+            for c in (0..main).step_by(16) {
+                // SAFETY: AVX2, FMA and F16C are enabled for the whole build;
+                // each row slice is bounds-checked to 16 values before its
+                // two loads; `j < len` is inside every `probs[q]`, and the
+                // stores write `outs[q][c..c + 16]` with `c + 16 <= d`.
                 unsafe {
-                    let mut acc = [_mm256_setzero_ps(); 4];
-                    for (j, &p) in probs.iter().enumerate() {
-                        if p == 0.0 {
-                            // dropped weights (see `attend`)
-                            continue;
-                        }
-                        let row = data[at(j) + c..][..32].as_ptr();
-                        let p = _mm256_set1_ps(p * scale);
-                        for (k, acc) in acc.iter_mut().enumerate() {
-                            *acc = _mm256_fmadd_ps(p, T::load8(row.add(8 * k)), *acc);
+                    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+                    for j in 0..len {
+                        let row = data[at(j) + c..][..16].as_ptr();
+                        let (lo, hi) = (T::load8(row), T::load8(row.add(8)));
+                        for (acc, probs) in acc.iter_mut().zip(&probs) {
+                            let p = _mm256_set1_ps(*probs.get_unchecked(j));
+                            acc[0] = _mm256_fmadd_ps(p, lo, acc[0]);
+                            acc[1] = _mm256_fmadd_ps(p, hi, acc[1]);
                         }
                     }
-                    for (k, acc) in acc.iter().enumerate() {
-                        _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * k), *acc);
+                    for (acc, out) in acc.iter().zip(outs.iter_mut()) {
+                        _mm256_storeu_ps(out.as_mut_ptr().add(c), acc[0]);
+                        _mm256_storeu_ps(out.as_mut_ptr().add(c + 8), acc[1]);
                     }
                 }
             }
@@ -709,12 +713,11 @@ mod one_query {
             0
         }
 
-        pub(super) fn weighted_sum<T: Value>(
-            _: &[f32],
-            _: f32,
+        pub(super) fn weighted_sums<T: Value, const N: usize>(
+            _: [&[f32]; N],
             _: &[T],
             _: impl Fn(usize) -> usize,
-            _: &mut [f32],
+            _: &mut [&mut [f32]; N],
         ) -> usize {
             0
         }
@@ -833,7 +836,7 @@ mod one_query {
                 }
             }
             for i in 0..queries {
-                let (r, h) = who(i);
+                let (_, h) = who(i);
                 let scores = &mut scores[i * len..][..len];
                 if let Some(b) = &bv {
                     let at = b.at(g, h, 0);
@@ -863,12 +866,38 @@ mod one_query {
                     }
                 }
                 let inv = 1.0 / (lanes.iter().sum::<f32>() + tail);
+                for s in scores.iter_mut() {
+                    *s *= inv;
+                }
+            }
+            // the weighted sums, up to three queries at a time
+            let output = |i: usize| {
+                let (r, h) = who(i);
                 // SAFETY: query (r, h) belongs to this unit alone, so no
                 // other unit writes these `d` values; `r < rows`, `h < heads`.
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(out_at.get().add((r * heads + h) * d), d)
-                };
-                weighted_sum(scores, inv, &vv, g, kh, o);
+                unsafe { std::slice::from_raw_parts_mut(out_at.get().add((r * heads + h) * d), d) }
+            };
+            let probs = |i: usize| &scores[i * len..][..len];
+            let mut i = 0;
+            while i < queries {
+                match queries - i {
+                    1 => weighted_sums([probs(i)], &vv, g, kh, [output(i)]),
+                    2 => weighted_sums(
+                        [probs(i), probs(i + 1)],
+                        &vv,
+                        g,
+                        kh,
+                        [output(i), output(i + 1)],
+                    ),
+                    _ => weighted_sums(
+                        [probs(i), probs(i + 1), probs(i + 2)],
+                        &vv,
+                        g,
+                        kh,
+                        [output(i), output(i + 1), output(i + 2)],
+                    ),
+                }
+                i += 3;
             }
         };
         candle_core::utils::barrier_pool().execute_chunked(units, |range| {
