@@ -900,12 +900,19 @@ mod one_query {
                 i += 3;
             }
         };
-        candle_core::utils::barrier_pool().execute_chunked(units, |range| {
+        let run = |range: std::ops::Range<usize>| {
             let mut scores = vec![0f32; queries * len];
             for u in range {
                 unit(u, &mut scores);
             }
-        });
+        };
+        // small steps (a batch-1 Marian step: 8 heads over a few dozen
+        // keys) cost less than waking the pool
+        if units * queries * len * d < 1 << 16 {
+            run(0..units);
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(units, run);
+        }
         Ok(Some(Tensor::from_vec(
             out,
             (rows, heads, 1, d),
