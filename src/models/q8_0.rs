@@ -1018,20 +1018,10 @@ mod tests {
         let x = Tensor::from_vec(crate::seeded::values(3 * k, 6), (1, 3, k), &Device::Cpu).unwrap();
         for rows in [1, 3] {
             let x = x.narrow(1, 0, rows).unwrap();
-            let got: Vec<f32> = ours
-                .forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let want: Vec<f32> = candle
-                .forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let values = |y: Result<Tensor>| -> Vec<f32> {
+                y.and_then(|y| y.flatten_all()?.to_vec1()).unwrap()
+            };
+            let (got, want) = (values(ours.forward(&x)), values(candle.forward(&x)));
             assert_eq!(got.len(), rows * n);
             for (g, w) in got.iter().zip(&want) {
                 assert!(
