@@ -76,9 +76,7 @@ impl QLinear {
         }
         Ok(QLinear::Candle(QMatMul::from_qtensor(t)?))
     }
-}
 
-impl QLinear {
     /// Our Q8_0 matrix, where this product runs on our kernel.
     pub fn q8(&self) -> Option<&Q8Matrix> {
         match self {
@@ -91,13 +89,10 @@ impl QLinear {
 impl Module for QLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            QLinear::Candle(QMatMul::QTensor(t)) if t.dtype() == GgmlDType::Q4K => {
-                match q4k_row(t, x)? {
-                    Some(y) => Ok(y),
-                    None => QMatMul::QTensor(t.clone()).forward(x),
-                }
-            }
-            QLinear::Candle(m) => m.forward(x),
+            QLinear::Candle(m) => match q4k_row(m, x)? {
+                Some(y) => Ok(y),
+                None => m.forward(x),
+            },
             QLinear::Q8(m) => m.forward(x),
         }
     }
@@ -111,12 +106,22 @@ impl Module for QLinear {
 /// decode: two thirds of the time in that kernel; through the dot products
 /// 1.57x the tokens/s). With more rows the re-laid weights serve them all
 /// and `QMatMul` stays (8 sequences through the dot products: half the
-/// speed). `None` where this does not apply (more rows, another device, an
-/// unaligned buffer).
-fn q4k_row(t: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+/// speed). `None` where this does not apply (other weights, more rows,
+/// another device, an unaligned buffer).
+fn q4k_row(m: &QMatMul, x: &Tensor) -> Result<Option<Tensor>> {
     use candle_core::quantized::k_quants::{self, BlockQ4K};
+    let QMatMul::QTensor(t) = m else {
+        return Ok(None);
+    };
+    if t.dtype() != GgmlDType::Q4K {
+        return Ok(None);
+    }
     let (n, k) = t.shape().dims2()?;
-    if !x.device().is_cpu() || x.elem_count() != k || !k.is_multiple_of(k_quants::QK_K) {
+    if !x.device().is_cpu()
+        || x.dims().last() != Some(&k)
+        || x.elem_count() != k
+        || !k.is_multiple_of(k_quants::QK_K)
+    {
         return Ok(None);
     }
     let data = t.data()?;
@@ -130,17 +135,33 @@ fn q4k_row(t: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     // SAFETY: candle's CPU storage of a Q4_K tensor is a slice of
     // `BlockQ4K`s (`data` borrows it); length and alignment checked above.
     let blocks = unsafe { std::slice::from_raw_parts(ptr as *const BlockQ4K, data.len() / size) };
+    let (_, xs) = input_rows(x, k)?;
+    let mut out = vec![0f32; n];
+    k_quants::matmul((1, k, n), &xs, blocks, &mut out)?;
+    Ok(Some(output(out, x, n)?))
+}
+
+/// The rows of `x` (`(..., cols)`, checked) as f32: how many, and their
+/// values in order.
+fn input_rows(x: &Tensor, cols: usize) -> Result<(usize, Vec<f32>)> {
+    let k = x.dims().last().copied().unwrap_or(0);
+    if k != cols {
+        candle_core::bail!("Q8_0 product: input has {k} features, the matrix {cols}");
+    }
     let xs = x
         .to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    let mut out = vec![0f32; n];
-    k_quants::matmul((1, k, n), &xs, blocks, &mut out)?;
+    Ok((x.elem_count() / k.max(1), xs))
+}
+
+/// A product's `out` as a tensor shaped like `x` with `n` last.
+fn output(out: Vec<f32>, x: &Tensor, n: usize) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     if let Some(last) = dims.last_mut() {
         *last = n;
     }
-    Ok(Some(Tensor::from_vec(out, dims, &Device::Cpu)?))
+    Tensor::from_vec(out, dims, &Device::Cpu)
 }
 
 /// Products of one input with several Q8_0 weights, run as one product
@@ -171,18 +192,7 @@ impl Stacked {
     /// `(m, sum of sizes)` row-major product whose rows hold the parts'
     /// outputs side by side.
     pub fn matmul(&self, x: &Tensor) -> Result<(usize, Vec<f32>)> {
-        let k = self.matrix.cols;
-        if x.dims().last() != Some(&k) {
-            candle_core::bail!(
-                "Q8_0 product: input {:?}, the matrix {k} features",
-                x.dims()
-            );
-        }
-        let m = x.elem_count() / k.max(1);
-        let xs = x
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let (m, xs) = input_rows(x, self.matrix.cols)?;
         Ok((m, self.matrix.matmul(&xs, m)))
     }
 }
@@ -359,23 +369,8 @@ impl Q8Matrix {
 
     /// `x W^T` for `x` of shape `(..., cols)`: `(..., rows)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let k = *dims.last().unwrap_or(&0);
-        if k != self.cols {
-            candle_core::bail!(
-                "Q8_0 product: input has {k} features, the matrix {}",
-                self.cols
-            );
-        }
-        let m = x.elem_count() / k.max(1);
-        let xs = x
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let out = self.matmul(&xs, m);
-        let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.rows;
-        Tensor::from_vec(out, out_dims, &Device::Cpu)
+        let (m, xs) = input_rows(x, self.cols)?;
+        output(self.matmul(&xs, m), x, self.rows)
     }
 
     /// `(m, cols) x (rows, cols)^T`, row-major.
@@ -1030,15 +1025,9 @@ mod tests {
                 );
             }
         }
-        assert!(q4k_row(
-            match candle {
-                QMatMul::QTensor(t) => t,
-                _ => unreachable!(),
-            },
-            &x.narrow(1, 0, 1).unwrap()
-        )
-        .unwrap()
-        .is_some());
+        assert!(q4k_row(candle, &x.narrow(1, 0, 1).unwrap())
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -815,9 +815,10 @@ mod one_query {
         // One unit of work is a row of `k`, `v` with one of its key/value
         // heads and every query that reads them (`group` rows times
         // `per_kv` heads), so those keys and values come from memory once
-        // for all those queries (then from the cache), and the units are spread over candle's math threads (a step's
-        // attention had run on one thread while the other waited: 20% of
-        // an 8-sequence SmolLM2 decode).
+        // for all those queries (then from the cache). The units are
+        // spread over candle's math threads (a step's attention had run on
+        // one thread while the other waited: 20% of an 8-sequence SmolLM2
+        // decode).
         let units = shared * kv_heads;
         let queries = group * per_kv;
         let unit = |u: usize, scores: &mut [f32]| {
