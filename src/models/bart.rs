@@ -127,7 +127,7 @@ impl Proj {
                 match qm {
                     // ours beats the float product at every row count
                     QLinear::Q8(_) => Weight::Quant(qm, out, input),
-                    QLinear::Candle(_) => Weight::Both(w, qm),
+                    QLinear::Candle(_) | QLinear::K(..) => Weight::Both(w, qm),
                 }
             }
             _ => dense(w, b.as_ref())?,

@@ -11,6 +11,7 @@ pub mod extractive;
 pub mod f32_gemm;
 pub mod hub;
 pub mod int8_rows;
+pub mod kquant;
 pub mod m2m100;
 pub mod marian;
 pub mod packages;

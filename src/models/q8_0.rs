@@ -49,6 +49,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Result, Tensor};
 use half::f16;
 
+use super::kquant::KMatrix;
+
 /// Whether quantized weights take our kernel by default: yes, unless
 /// `TIDINGS_KERNELS=candle` is set (to compare the two with one binary).
 pub fn own_kernels_by_default() -> bool {
@@ -64,6 +66,9 @@ pub enum QLinear {
     Candle(QMatMul),
     /// Ours.
     Q8(Arc<Q8Matrix>),
+    /// Q4_K or Q6_K weights: candle's product over the file's blocks for
+    /// one input row, ours ([`KMatrix`]) for more.
+    K(QMatMul, Arc<KMatrix>),
 }
 
 impl QLinear {
@@ -73,6 +78,9 @@ impl QLinear {
             if let Some(m) = Q8Matrix::from_qtensor(&t)? {
                 return Ok(QLinear::Q8(Arc::new(m)));
             }
+            if let Some(m) = KMatrix::from_qtensor(&t)? {
+                return Ok(QLinear::K(QMatMul::from_qtensor(t)?, Arc::new(m)));
+            }
         }
         Ok(QLinear::Candle(QMatMul::from_qtensor(t)?))
     }
@@ -81,7 +89,7 @@ impl QLinear {
     pub fn q8(&self) -> Option<&Q8Matrix> {
         match self {
             QLinear::Q8(m) => Some(m),
-            QLinear::Candle(_) => None,
+            QLinear::Candle(_) | QLinear::K(..) => None,
         }
     }
 }
@@ -94,6 +102,17 @@ impl Module for QLinear {
                 None => m.forward(x),
             },
             QLinear::Q8(m) => m.forward(x),
+            QLinear::K(candle, ours) => {
+                let k = ours.cols();
+                if x.elem_count() == k {
+                    return match q4k_row(candle, x)? {
+                        Some(y) => Ok(y),
+                        None => candle.forward(x),
+                    };
+                }
+                let (m, xs) = input_rows(x, k)?;
+                output(ours.matmul(&xs, m), x, ours.rows())
+            }
         }
     }
 }
@@ -146,7 +165,7 @@ fn q4k_row(m: &QMatMul, x: &Tensor) -> Result<Option<Tensor>> {
 fn input_rows(x: &Tensor, cols: usize) -> Result<(usize, Vec<f32>)> {
     let k = x.dims().last().copied().unwrap_or(0);
     if k != cols {
-        candle_core::bail!("Q8_0 product: input has {k} features, the matrix {cols}");
+        candle_core::bail!("quantized product: input has {k} features, the matrix {cols}");
     }
     let xs = x
         .to_dtype(candle_core::DType::F32)?
@@ -1001,33 +1020,41 @@ mod tests {
     }
 
     #[test]
-    fn q4k_rows_equal_candle_products() {
+    fn k_quant_products_equal_candle_products() {
         let (n, k) = (36, 512);
         let w = Tensor::from_vec(crate::seeded::values(n * k, 5), (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
-        let ours = QLinear::new(true, q).unwrap();
-        let QLinear::Candle(candle) = &ours else {
-            panic!("Q4_K goes through candle's QMatMul");
-        };
-        // one row takes the dot products over the blocks, more rows `QMatMul`
-        let x = Tensor::from_vec(crate::seeded::values(3 * k, 6), (1, 3, k), &Device::Cpu).unwrap();
-        for rows in [1, 3] {
-            let x = x.narrow(1, 0, rows).unwrap();
-            let values = |y: Result<Tensor>| -> Vec<f32> {
-                y.and_then(|y| y.flatten_all()?.to_vec1()).unwrap()
-            };
-            let (got, want) = (values(ours.forward(&x)), values(candle.forward(&x)));
-            assert_eq!(got.len(), rows * n);
-            for (g, w) in got.iter().zip(&want) {
-                assert!(
-                    (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
-                    "{rows} rows: {g} vs {w}"
-                );
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let quantize = || QTensor::quantize(&w, dtype).unwrap();
+            let candle = QMatMul::from_qtensor(quantize()).unwrap();
+            let ours = QLinear::new(true, quantize()).unwrap();
+            match (&ours, super::super::kquant::available()) {
+                (QLinear::K(..), true) | (QLinear::Candle(_), false) => {}
+                (other, _) => panic!("{dtype:?} became {other:?}"),
             }
+            // one row takes the dot products over the file's blocks (Q4_K)
+            // or `QMatMul`, more rows our K-quant kernel where it runs
+            let x =
+                Tensor::from_vec(crate::seeded::values(9 * k, 6), (1, 9, k), &Device::Cpu).unwrap();
+            for rows in [1, 3, 9] {
+                let x = x.narrow(1, 0, rows).unwrap();
+                let values = |y: Result<Tensor>| -> Vec<f32> {
+                    y.and_then(|y| y.flatten_all()?.to_vec1()).unwrap()
+                };
+                let (got, want) = (values(ours.forward(&x)), values(candle.forward(&x)));
+                assert_eq!(got.len(), rows * n);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
+                        "{dtype:?} {rows} rows: {g} vs {w}"
+                    );
+                }
+            }
+            let row = x.narrow(1, 0, 1).unwrap();
+            assert_eq!(
+                q4k_row(&candle, &row).unwrap().is_some(),
+                dtype == GgmlDType::Q4K
+            );
         }
-        assert!(q4k_row(candle, &x.narrow(1, 0, 1).unwrap())
-            .unwrap()
-            .is_some());
     }
 
     #[test]
