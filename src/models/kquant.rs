@@ -31,7 +31,7 @@
 //! Arithmetic as candle's: the same activation quantization, integer
 //! products within sub-blocks, f32 across super-blocks; results equal
 //! `QMatMul`'s to float-summation order (tested). Re-laid, a Q4_K weight
-//! takes 4.875 bits and a Q6_K one 8.75 (the file's 4.5 and 6.56 stay too,
+//! takes 4.875 bits and a Q6_K one 6.75 (the file's 4.5 and 6.56 stay too,
 //! for one-row products, which are bound by memory and run on the file's
 //! blocks). On CPUs without AVX-512 VNNI, [`KMatrix::from_qtensor`] gives
 //! `None` and candle's product runs.
@@ -420,9 +420,26 @@ struct Activations {
 
 impl Activations {
     /// As candle's `BlockQ8K::from_float`: per 256 values, `iscale = -127 /
-    /// max` with `max` the value of largest magnitude, values
-    /// `round(iscale * x)`, scale `1 / iscale` (0 for an all-zero block).
+    /// max` with `max` the first value of largest magnitude, values
+    /// `round(iscale * x)` (halves away from zero), scale `1 / iscale` (0
+    /// for an all-zero block).
     fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            // SAFETY: the CPU has AVX-512 F and BW.
+            return Self::quantize_with(x, rows, cols, |xs, qs, pairs| unsafe {
+                x86::quantize_block(xs, qs, pairs)
+            });
+        }
+        Self::quantize_with(x, rows, cols, quantize_block)
+    }
+
+    fn quantize_with(
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        block: impl Fn(&[f32], &mut [u8], &mut [i32]) -> f32,
+    ) -> Self {
         let blocks = cols / QK;
         let mut quants = vec![0u8; rows * cols];
         let mut scales = vec![0f32; rows * blocks];
@@ -433,25 +450,7 @@ impl Activations {
             .zip(scales.iter_mut())
             .zip(pairs.chunks_exact_mut(4))
         {
-            let max = xs
-                .iter()
-                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-            if max == 0.0 {
-                qs.fill(128);
-                continue;
-            }
-            let iscale = -127.0 / max;
-            let mut sums = [0i32; 8];
-            for (i, (q, &v)) in qs.iter_mut().zip(xs).enumerate() {
-                let v = (iscale * v).round().clamp(-128.0, 127.0) as i32;
-                sums[i / 32] += v;
-                *q = (v + 128) as u8;
-            }
-            for (p, pair) in pairs.iter_mut().enumerate() {
-                let (lo, hi) = (sums[2 * p] as i16 as u16, sums[2 * p + 1] as i16 as u16);
-                *pair = (lo as u32 | ((hi as u32) << 16)) as i32;
-            }
-            *d = 1.0 / iscale;
+            *d = block(xs, qs, pairs);
         }
         Activations {
             rows,
@@ -463,10 +462,97 @@ impl Activations {
     }
 }
 
+/// One block of [`Activations::quantize`] without SIMD (and the reference
+/// for the SIMD one): writes the 256 values plus 128 and the four pairs of
+/// 32-value sums, returns the scale.
+fn quantize_block(xs: &[f32], qs: &mut [u8], pairs: &mut [i32]) -> f32 {
+    let max = xs
+        .iter()
+        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    if max == 0.0 {
+        qs.fill(128);
+        pairs.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    let mut sums = [0i32; 8];
+    for (i, (q, &v)) in qs.iter_mut().zip(xs).enumerate() {
+        let v = (iscale * v).round().clamp(-128.0, 127.0) as i32;
+        sums[i / 32] += v;
+        *q = (v + 128) as u8;
+    }
+    for (p, pair) in pairs.iter_mut().enumerate() {
+        *pair = pack_pair(sums[2 * p], sums[2 * p + 1]);
+    }
+    1.0 / iscale
+}
+
+/// Two sums as the i16 pair `vpdpwssd` reads: `lo` in the low half.
+fn pack_pair(lo: i32, hi: i32) -> i32 {
+    (lo as i16 as u16 as u32 | ((hi as i16 as u16 as u32) << 16)) as i32
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
     use std::arch::x86_64::*;
+
+    /// [`quantize_block`] with AVX-512: the same values, bit for bit.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F and BW; `xs` and `qs` hold 256 values,
+    /// `pairs` four.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_block(xs: &[f32], qs: &mut [u8], pairs: &mut [i32]) -> f32 {
+        assert!(xs.len() >= QK && qs.len() >= QK && pairs.len() >= 4);
+        let x = |v: usize| _mm512_loadu_ps(xs.as_ptr().add(16 * v));
+        let mut amax = _mm512_setzero_ps();
+        for v in 0..QK / 16 {
+            amax = _mm512_max_ps(amax, _mm512_abs_ps(x(v)));
+        }
+        let amax = _mm512_reduce_max_ps(amax);
+        if amax == 0.0 {
+            qs[..QK].fill(128);
+            pairs[..4].fill(0);
+            return 0.0;
+        }
+        // the first value of that magnitude, as the scalar loop finds it
+        let mut max = amax;
+        for v in 0..QK / 16 {
+            let hits = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_abs_ps(x(v)), _mm512_set1_ps(amax));
+            if hits != 0 {
+                max = xs[16 * v + hits.trailing_zeros() as usize];
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let scale = _mm512_set1_ps(iscale);
+        // rounding halves away from zero: truncate after adding just
+        // under a half with the value's sign
+        let half = _mm512_set1_ps(0.49999997);
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let (lo, hi) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(127.0));
+        let offset = _mm512_set1_epi32(128);
+        let mut sums = [0i32; 8];
+        for v in 0..QK / 16 {
+            let y = _mm512_mul_ps(x(v), scale);
+            let signed_half = _mm512_castsi512_ps(_mm512_or_si512(
+                _mm512_and_si512(_mm512_castps_si512(y), sign),
+                _mm512_castps_si512(half),
+            ));
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(
+                _mm512_add_ps(y, signed_half),
+            );
+            let q = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi));
+            sums[v / 2] += _mm512_reduce_add_epi32(q);
+            let bytes = _mm512_cvtepi32_epi8(_mm512_add_epi32(q, offset));
+            _mm_storeu_si128(qs.as_mut_ptr().add(16 * v) as *mut __m128i, bytes);
+        }
+        for (p, pair) in pairs.iter_mut().take(4).enumerate() {
+            *pair = pack_pair(sums[2 * p], sums[2 * p + 1]);
+        }
+        1.0 / iscale
+    }
 
     /// Pointers into one product's operands, shared by the threads.
     #[derive(Clone, Copy)]
@@ -841,6 +927,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn simd_quantization_equals_the_scalar_one() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX-512");
+            return;
+        }
+        let mut x = crate::seeded::values(8 * QK, 21);
+        x[..QK].fill(0.0); // an all-zero block
+                           // ties: a block whose largest magnitudes are -2 then +2, and
+                           // values that land on halves after scaling by 127/2
+        x[QK + 3] = -2.0;
+        x[QK + 9] = 2.0;
+        for (i, v) in x[QK + 10..QK + 60].iter_mut().enumerate() {
+            *v = (i as f32 + 0.5) * 2.0 / 127.0 * if i % 2 == 0 { 1.0 } else { -1.0 };
+        }
+        x[2 * QK + 7] = 1e-30; // a tiny block maximum
+        x[3 * QK..4 * QK].fill(-0.25); // all equal
+                                       // exact halves: iscale = -1
+        x[5 * QK..5 * QK + 4].copy_from_slice(&[127.0, 2.5, -3.5, 0.5]);
+        let fast = Activations::quantize(&x, 4, 2 * QK);
+        let slow = Activations::quantize_with(&x, 4, 2 * QK, quantize_block);
+        assert_eq!(fast.quants, slow.quants);
+        assert_eq!(fast.scales, slow.scales);
+        assert_eq!(fast.pairs, slow.pairs);
+        // the first of -2 and +2 sets the sign: iscale = -127 / -2
+        assert!(slow.scales[1] > 0.0);
+        assert_eq!(slow.quants[5 * QK..5 * QK + 4], [1, 125, 132, 127]);
     }
 
     #[test]
