@@ -1,6 +1,7 @@
 //! Causal (GGUF) decoding: the Q8_0 product that dominates the packaged
 //! SmolLM2 and Qwen2.5-0.5B files (our kernel against candle's `QMatMul`,
-//! at Qwen2.5-0.5B's feed-forward shape, 1, 32 and 200 rows), and one
+//! at Qwen2.5-0.5B's feed-forward shape, 1, 32 and 200 rows), the Q4_K and
+//! Q6_K ones of Qwen2.5-1.5B (1, 8 and 200 rows), and one
 //! decoder step of the packaged SmolLM2-135M at batch 1 and 32 after a
 //! 64-token prompt.
 //!
@@ -13,8 +14,9 @@ use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
 use tidings::models::causal::CausalModel;
 use tidings::models::f32_gemm::PackedF32;
+use tidings::models::kquant;
 use tidings::models::packages;
-use tidings::models::q8_0::Q8Matrix;
+use tidings::models::q8_0::{Q8Matrix, QLinear};
 use tidings::seeded::values;
 
 fn q8_0_product(c: &mut Criterion) {
@@ -44,6 +46,36 @@ fn q8_0_product(c: &mut Criterion) {
         }
     }
     g.finish();
+}
+
+/// The Q4_K and Q6_K products of the packaged Qwen2.5-Coder-1.5B at its
+/// feed-forward shape (1536 inputs, 8960 outputs): candle's `QMatMul`
+/// against `QLinear` (ours for two or more rows, candle's dot products over
+/// the file's blocks for one), at 1, 8 and 200 rows. One matrix, so the
+/// weights stay in the caches here, unlike a model's.
+fn k_quant_product(c: &mut Criterion) {
+    let (k, n) = (1536, 8960);
+    let w = Tensor::from_vec(values(n * k, 5), (n, k), &Device::Cpu).unwrap();
+    for (dtype, name) in [(GgmlDType::Q4K, "q4_k"), (GgmlDType::Q6K, "q6_k")] {
+        let candle = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
+        let ours = QLinear::new(true, QTensor::quantize(&w, dtype).unwrap()).unwrap();
+        if !kquant::available() {
+            eprintln!("{name} product: this CPU does not run our kernel (AVX-512 VNNI)");
+        }
+        let mut g = c.benchmark_group(format!("{name} product 1536x8960"));
+        g.sample_size(20);
+        for m in [1usize, 8, 200] {
+            let x = Tensor::from_vec(values(m * k, 6 + m as u64), (m, k), &Device::Cpu).unwrap();
+            g.throughput(Throughput::Elements((m * n * k) as u64));
+            g.bench_with_input(BenchmarkId::new("candle", m), &x, |b, x| {
+                b.iter(|| candle.forward(x).unwrap())
+            });
+            g.bench_with_input(BenchmarkId::new("tidings", m), &x, |b, x| {
+                b.iter(|| ours.forward(x).unwrap())
+            });
+        }
+        g.finish();
+    }
 }
 
 /// The output head of an OPUS-MT-sized Marian (512 inputs, 65,001 outputs):
@@ -132,6 +164,7 @@ fn decoder_step(c: &mut Criterion) {
 
 fn causal(c: &mut Criterion) {
     q8_0_product(c);
+    k_quant_product(c);
     head_product(c);
     decoder_step(c);
 }

@@ -14,20 +14,30 @@
 //! takes ours, 2.8x candle's at 32 rows, where the 8-bit-row kernel of
 //! `int8_rows.rs` does not run.) Written here
 //! because no maintained crate offers a Q8_0 product over
-//! GGUF blocks that plugs into candle tensors. This kernel:
-//! - re-lays the weights in groups of four rows, block by block (four rows'
-//!   32 values, then their four f16 scales: still 34 bytes a block), so a
-//!   tile reads one sequential stream;
-//! - computes tiles of four activation rows by four weight rows, so each
-//!   loaded block serves four products (one row by four when decoding);
-//! - with AVX-512 VNNI, stores the weights plus 128 as unsigned bytes so one
-//!   `vpdpbusd` per block and pair does the multiply-add, started from
-//!   per-activation-block correction lanes that take the 128 x sum off
-//!   again; with AVX2 alone, the usual sign trick and `vpmaddubsw`.
+//! GGUF blocks that plugs into candle tensors. Two layouts:
+//! - with AVX-512 VNNI and inputs a multiple of 64 long (all the packaged
+//!   models), tiles of 16 weight rows by two blocks (module `tiles`): one
+//!   `vpdpbusd` multiplies four columns of all 16 rows, stored plus 128,
+//!   by four broadcast values of one input row and leaves the 16 sums in
+//!   order in its lanes; eight input rows a pass over the weights, the
+//!   tile two ahead prefetched; each block's sums start from the input
+//!   block's -128 x sum. Against the four-row groups below, same binary
+//!   and VM: Qwen2.5-Coder-0.5B prefill 1.33x and eight-sequence decode
+//!   1.6-1.7x, SmolLM2-135M 1.3-1.4x and 1.4x; at 1536x8960 with the
+//!   weights in cache, 8 rows: 308 against 101-110 GMAC/s (candle's
+//!   re-packed Q8_0 kernel, which needs inputs a multiple of 256: 193);
+//! - otherwise groups of four rows, block by block (four rows' 32 values,
+//!   then their four f16 scales: still 34 bytes a block), computed as
+//!   tiles of four input rows by four weight rows, so each loaded block
+//!   serves four products; with AVX-512 VNNI (inputs not a multiple of
+//!   64) the weights plus 128 and one `vpdpbusd` per block and pair,
+//!   started from per-activation-block correction lanes that take the
+//!   128 x sum off again; with AVX2 alone, the usual sign trick and
+//!   `vpmaddubsw`.
 //!
-//! Measured (2-core AVX-512 VM, same binary, `TIDINGS_KERNELS=candle`
-//! against the default): Qwen2.5-Coder-0.5B prefill 2.09x, decode 1.35x;
-//! SmolLM2-135M prefill 2.18x, decode 1.15x (BENCHMARKS.md).
+//! Measured with the four-row groups alone (2-core AVX-512 VM, same binary,
+//! `TIDINGS_KERNELS=candle` against the default): Qwen2.5-Coder-0.5B
+//! prefill 2.09x, decode 1.35x; SmolLM2-135M prefill 2.18x, decode 1.15x.
 //!
 //! Arithmetic as candle's (and llama.cpp's) Q8_0 x Q8_0: each activation
 //! row is cut into blocks of 32, scaled by `max|x| / 127`, rounded to
@@ -35,8 +45,9 @@
 //! the two f16 block scales and summed in f32. Results equal candle's to
 //! float-summation order (tested against `QMatMul`).
 //!
-//! [`QLinear`] also sends one-row products with Q4_K weights (decode steps of
-//! the Qwen2.5 files) to candle's dot products over the file's blocks
+//! [`QLinear`] also sends Q4_K and Q6_K products with two or more input
+//! rows to the kernel of `kquant.rs`, one-row Q4_K products (decode steps
+//! of the Qwen2.5 files) to candle's dot products over the file's blocks
 //! rather than through `QMatMul` (see `q4k_row`), and [`Stacked`] runs the
 //! products of one input with several Q8_0 weights as one.
 //!
@@ -249,7 +260,17 @@ pub struct Q8Matrix {
 enum Isa {
     Avx2,
     Vnni,
+    /// AVX-512 VNNI over tiles of 16 rows ([`TILE_ROWS`]): for inputs a
+    /// multiple of 64 long (two blocks a tile).
+    Tiles,
 }
+
+/// Rows of one tile of the [`Isa::Tiles`] layout.
+const TILE_ROWS: usize = 16;
+/// Bytes of one tile: two blocks of 16 rows, each eight 64-byte vectors
+/// (byte `4r + j` of vector `v`: column `4v + j` of row `r`, plus 128),
+/// then the two blocks' 16 f16 scales.
+const TILE_BYTES: usize = 2 * (TILE_ROWS * BLOCK + 2 * TILE_ROWS);
 
 fn isa() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
@@ -282,13 +303,15 @@ impl Q8Matrix {
     /// The matrix of a 2-D Q8_0 tensor on the CPU; `None` for other types,
     /// devices, or a CPU the kernel does not run on.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Q8Matrix>> {
-        Self::for_isa(t, isa())
+        let tiles = |i| if i == Isa::Vnni { Isa::Tiles } else { i };
+        Self::for_isa(t, isa().map(tiles))
     }
 
     /// [`Q8Matrix::from_qtensor`] for the kernel of `isa` (which the CPU
-    /// must run; tests take the AVX2 one on VNNI machines too).
+    /// must run; tests take the AVX2 one on VNNI machines too). `Tiles`
+    /// where the columns do not fit it becomes `Vnni`.
     fn for_isa(t: &QTensor, isa: Option<Isa>) -> Result<Option<Q8Matrix>> {
-        let Some(isa) = isa else {
+        let Some(mut isa) = isa else {
             return Ok(None);
         };
         if t.dtype() != GgmlDType::Q8_0 || !t.device().is_cpu() {
@@ -303,6 +326,12 @@ impl Q8Matrix {
         if cols % BLOCK != 0 || raw.len() != rows * blocks * BLOCK_BYTES {
             return Ok(None);
         }
+        if isa == Isa::Tiles {
+            if cols.is_multiple_of(2 * BLOCK) {
+                return Ok(Some(Self::tiles(raw.as_ref(), rows, cols)));
+            }
+            isa = Isa::Vnni;
+        }
         // A last, partial group is padded with zero rows (scale 0), whose
         // products the kernel computes but does not store.
         let groups = rows.div_ceil(GROUP);
@@ -315,7 +344,7 @@ impl Q8Matrix {
                 &zero[..]
             }
         };
-        let offset = if isa == Isa::Vnni { 128u8 } else { 0 };
+        let offset = if isa == Isa::Avx2 { 0 } else { 128u8 };
         for g in (0..groups * GROUP).step_by(GROUP) {
             for b in 0..blocks {
                 for r in 0..GROUP {
@@ -338,6 +367,42 @@ impl Q8Matrix {
         }))
     }
 
+    /// The [`Isa::Tiles`] layout of GGUF Q8_0 blocks `raw` (`rows` by
+    /// `cols`, a multiple of 64; a last, partial tile padded with zero
+    /// rows): tile by tile of 16 rows, pair of blocks by pair of blocks.
+    fn tiles(raw: &[u8], rows: usize, cols: usize) -> Q8Matrix {
+        let blocks = cols / BLOCK;
+        let tiles = rows.div_ceil(TILE_ROWS) * blocks / 2;
+        let mut data = vec![0u8; tiles * TILE_BYTES];
+        for (i, tile) in data.chunks_exact_mut(TILE_BYTES).enumerate() {
+            let (t, pair) = (i / (blocks / 2), i % (blocks / 2));
+            for r in 0..TILE_ROWS {
+                let row = t * TILE_ROWS + r;
+                for h in 0..2 {
+                    let values = &mut tile[h * TILE_ROWS * BLOCK..];
+                    if row >= rows {
+                        for v in 0..BLOCK / 4 {
+                            values[64 * v + 4 * r..][..4].fill(128);
+                        }
+                        continue;
+                    }
+                    let block = &raw[(row * blocks + 2 * pair + h) * BLOCK_BYTES..][..BLOCK_BYTES];
+                    for (c, &q) in block[2..].iter().enumerate() {
+                        values[64 * (c / 4) + 4 * r + c % 4] = q.wrapping_add(128);
+                    }
+                    let scale = 2 * TILE_ROWS * BLOCK + 2 * (h * TILE_ROWS + r);
+                    tile[scale..scale + 2].copy_from_slice(&block[..2]);
+                }
+            }
+        }
+        Q8Matrix {
+            rows,
+            cols,
+            data,
+            isa: Isa::Tiles,
+        }
+    }
+
     /// The rows of `parts` (same columns, each a whole number of groups of
     /// four rows but the last) as one matrix, so that products of one
     /// input with all of them run as one: one quantization of the input
@@ -350,7 +415,13 @@ impl Q8Matrix {
         if parts
             .iter()
             .any(|p| p.cols != first.cols || p.isa != first.isa)
-            || init.iter().any(|p| !p.rows.is_multiple_of(GROUP))
+            || init.iter().any(|p| {
+                !p.rows.is_multiple_of(if p.isa == Isa::Tiles {
+                    TILE_ROWS
+                } else {
+                    GROUP
+                })
+            })
         {
             return None;
         }
@@ -374,12 +445,24 @@ impl Q8Matrix {
     /// The 32 values and the scale of block `b` of row `row`.
     #[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
     fn block(&self, row: usize, b: usize) -> ([i8; BLOCK], f32) {
+        let mut values = [0i8; BLOCK];
+        if self.isa == Isa::Tiles {
+            let (t, r) = (row / TILE_ROWS, row % TILE_ROWS);
+            let at = (t * (self.cols / BLOCK / 2) + b / 2) * TILE_BYTES;
+            let tile = &self.data[at..at + TILE_BYTES];
+            let h = b % 2;
+            for (c, v) in values.iter_mut().enumerate() {
+                *v = tile[h * TILE_ROWS * BLOCK + 64 * (c / 4) + 4 * r + c % 4].wrapping_sub(128)
+                    as i8;
+            }
+            let scale = &tile[2 * TILE_ROWS * BLOCK + 2 * (h * TILE_ROWS + r)..][..2];
+            return (values, f16::from_le_bytes([scale[0], scale[1]]).to_f32());
+        }
         let at = (row / GROUP * (self.cols / BLOCK) + b) * GROUP_BLOCK_BYTES;
         let group = &self.data[at..at + GROUP_BLOCK_BYTES];
         let r = row % GROUP;
         let scale = &group[GROUP * BLOCK + 2 * r..][..2];
-        let offset = if self.isa == Isa::Vnni { 128u8 } else { 0 };
-        let mut values = [0i8; BLOCK];
+        let offset = if self.isa == Isa::Avx2 { 0 } else { 128u8 };
         for (v, &q) in values.iter_mut().zip(&group[r * BLOCK..][..BLOCK]) {
             *v = q.wrapping_sub(offset) as i8;
         }
@@ -434,7 +517,7 @@ impl Activations {
     /// For the kernel of `isa` (detected when its matrix was made): the
     /// VNNI one needs the correction lanes.
     fn quantize(x: &[f32], rows: usize, cols: usize, isa: Isa) -> Self {
-        let corrections = isa == Isa::Vnni;
+        let corrections = isa != Isa::Avx2;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: every `Isa` implies AVX2, FMA and F16C.
         return unsafe { x86::quantize(x, rows, cols, corrections) };
@@ -871,6 +954,9 @@ mod x86 {
     /// The CPU must support `isa`.
     /// `out` must have room for `a.rows * w.rows` values.
     pub(super) unsafe fn matmul(isa: Isa, a: &Activations, w: &Q8Matrix, out: *mut f32) {
+        if isa == Isa::Tiles {
+            return super::tiles::matmul(a, w, out);
+        }
         let o = Operands {
             a_q: a.quants.as_ptr(),
             a_s: a.scales.as_ptr(),
@@ -893,7 +979,144 @@ mod x86 {
                     Isa::Avx2 => avx2::columns(o, m, groups),
                     Isa::Vnni if o.blocks.is_multiple_of(2) => vnni512::columns(o, m, groups),
                     Isa::Vnni => vnni::columns(o, m, groups),
+                    Isa::Tiles => unreachable!("tiles run in `tiles::matmul`"),
                 }
+            }
+        });
+    }
+}
+
+/// The kernel of the [`Isa::Tiles`] layout: one `vpdpbusd` multiplies
+/// four columns of a tile's 16 rows by four broadcast values of one input
+/// row, leaving the 16 row sums in order in the lanes (no horizontal sums,
+/// as the four-row groups need); up to eight input rows a pass over the
+/// weights, whose tile two ahead is prefetched into L2 (as in
+/// `kquant.rs`); each block's sums start from the input block's correction
+/// (-128 times its sum), then are scaled in f32.
+#[cfg(target_arch = "x86_64")]
+mod tiles {
+    use super::{Activations, Q8Matrix, BLOCK, TILE_BYTES, TILE_ROWS};
+    use std::arch::x86_64::*;
+
+    /// Input rows per pass over a tile.
+    const PASS: usize = 8;
+
+    #[derive(Clone, Copy)]
+    struct Operands {
+        tiles: *const u8,
+        quants: *const i8,
+        scales: *const f32,
+        /// Per input block: -128 times the sum of its values.
+        corrections: *const i32,
+        /// Blocks per row.
+        blocks: usize,
+        /// Output row length (weight rows).
+        n: usize,
+        out: *mut f32,
+    }
+    // SAFETY: the threads only read the inputs and write disjoint outputs.
+    unsafe impl Send for Operands {}
+    unsafe impl Sync for Operands {}
+
+    /// Output columns of tile row `t` for input rows `i..i + M`; with few
+    /// rows, even and odd vectors go to separate sums (longer chains of
+    /// independent `vpdpbusd`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn rows<const M: usize>(o: Operands, t: usize, i: usize) {
+        let split = M <= 4;
+        let pairs = o.blocks / 2;
+        let mut acc = [_mm512_setzero_ps(); M];
+        for p in 0..pairs {
+            let tile = o.tiles.add((t * pairs + p) * TILE_BYTES);
+            let ahead = tile.wrapping_add(2 * TILE_BYTES);
+            for l in (0..TILE_BYTES).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(l) as *const i8);
+            }
+            for h in 0..2 {
+                let b = 2 * p + h;
+                let at: [usize; M] = std::array::from_fn(|r| (i + r) * o.blocks + b);
+                let mut sums = [[_mm512_setzero_si512(); M]; 2];
+                for r in 0..M {
+                    sums[0][r] = _mm512_set1_epi32(*o.corrections.add(at[r]));
+                }
+                let values = tile.add(h * TILE_ROWS * BLOCK);
+                for v in 0..BLOCK / 4 {
+                    let w = _mm512_loadu_si512(values.add(64 * v) as *const __m512i);
+                    let s = usize::from(split) & v;
+                    for r in 0..M {
+                        let x = o.quants.add(at[r] * BLOCK + 4 * v);
+                        let x = _mm512_set1_epi32((x as *const i32).read_unaligned());
+                        sums[s][r] = _mm512_dpbusd_epi32(sums[s][r], w, x);
+                    }
+                }
+                let scales = tile.add(2 * TILE_ROWS * BLOCK + 2 * TILE_ROWS * h);
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(scales as *const __m256i));
+                for r in 0..M {
+                    let sum = if split {
+                        _mm512_add_epi32(sums[0][r], sums[1][r])
+                    } else {
+                        sums[0][r]
+                    };
+                    let d = _mm512_mul_ps(dw, _mm512_set1_ps(*o.scales.add(at[r])));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc[r]);
+                }
+            }
+        }
+        let cols = TILE_ROWS.min(o.n - TILE_ROWS * t);
+        let mask: __mmask16 = if cols == TILE_ROWS {
+            !0
+        } else {
+            (1u16 << cols) - 1
+        };
+        for (r, v) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(o.out.add((i + r) * o.n + TILE_ROWS * t), mask, *v);
+        }
+    }
+
+    /// Input rows `i..i + count` (at most [`PASS`]) against tile row `t`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn pass(o: Operands, t: usize, i: usize, count: usize) {
+        match count {
+            1 => rows::<1>(o, t, i),
+            2 => rows::<2>(o, t, i),
+            3 => rows::<3>(o, t, i),
+            4 => rows::<4>(o, t, i),
+            5 => rows::<5>(o, t, i),
+            6 => rows::<6>(o, t, i),
+            7 => rows::<7>(o, t, i),
+            _ => rows::<8>(o, t, i),
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI; `w` in the tiles layout,
+    /// `a` with corrections; `out` with room for `a.rows * w.rows` values.
+    pub(super) unsafe fn matmul(a: &Activations, w: &Q8Matrix, out: *mut f32) {
+        let blocks = w.cols / BLOCK;
+        // the eight correction lanes of each block, summed
+        let corrections: Vec<i32> = a
+            .corrections
+            .chunks_exact(8)
+            .map(|lanes| lanes.iter().sum())
+            .collect();
+        let o = Operands {
+            tiles: w.data.as_ptr(),
+            quants: a.quants.as_ptr(),
+            scales: a.scales.as_ptr(),
+            corrections: corrections.as_ptr(),
+            blocks,
+            n: w.rows,
+            out,
+        };
+        let m = a.rows;
+        let passes = m.div_ceil(PASS);
+        let units = w.rows.div_ceil(TILE_ROWS) * passes;
+        candle_core::utils::barrier_pool().execute_chunked(units, |range| {
+            for u in range {
+                let (t, p) = (u / passes, u % passes);
+                // SAFETY: as the caller promised; each unit writes only
+                // its tile's columns of its rows.
+                unsafe { pass(o, t, p * PASS, PASS.min(m - p * PASS)) };
             }
         });
     }
@@ -922,7 +1145,7 @@ mod tests {
         }
         // shapes with row and column tails (m % 4, n % 4 != 0), one row
         // both kernels where the CPU has VNNI (the AVX2 one runs everywhere)
-        let kernels = [Some(Isa::Avx2), isa()];
+        let kernels = [Some(Isa::Avx2), isa(), isa().map(|_| Isa::Tiles)];
         for ((m, n, k), kernel) in [
             (1, 64, 96),
             (7, 132, 64),
@@ -970,35 +1193,47 @@ mod tests {
         if !available() {
             return;
         }
-        // a last part with a partial group of four rows
-        let parts: Vec<Q8Matrix> = [(8, 64), (4, 64), (6, 64)]
-            .iter()
-            .enumerate()
-            .map(|(i, &(n, k))| {
-                Q8Matrix::from_qtensor(&q8(n, k, 40 + i as u64).1)
-                    .unwrap()
-                    .unwrap()
-            })
-            .collect();
-        let refs: Vec<&Q8Matrix> = parts.iter().collect();
-        let stacked = Q8Matrix::stack(&refs).unwrap();
-        assert_eq!(stacked.rows(), 18);
-        let m = 5;
-        let x = crate::seeded::values(m * 64, 8);
-        let got = stacked.matmul(&x, m);
-        let wanted: Vec<Vec<f32>> = parts.iter().map(|p| p.matmul(&x, m)).collect();
-        for i in 0..m {
-            let row: Vec<f32> = parts
+        // both layouts where the CPU has VNNI: groups of four rows, tiles
+        // of 16; a last part with a partial group or tile
+        for kernel in [isa(), isa().map(|_| Isa::Tiles)] {
+            let unit = if kernel == Some(Isa::Tiles) {
+                TILE_ROWS
+            } else {
+                GROUP
+            };
+            let sizes = [2 * unit, unit, unit + 2];
+            let parts: Vec<Q8Matrix> = sizes
                 .iter()
-                .zip(&wanted)
-                .flat_map(|(p, w)| w[i * p.rows()..(i + 1) * p.rows()].to_vec())
+                .enumerate()
+                .map(|(i, &n)| {
+                    Q8Matrix::for_isa(&q8(n, 64, 40 + i as u64).1, kernel)
+                        .unwrap()
+                        .unwrap()
+                })
                 .collect();
-            assert_eq!(&got[i * 18..(i + 1) * 18], &row[..]);
+            let refs: Vec<&Q8Matrix> = parts.iter().collect();
+            let stacked = Q8Matrix::stack(&refs).unwrap();
+            let total: usize = sizes.iter().sum();
+            assert_eq!(stacked.rows(), total);
+            let m = 5;
+            let x = crate::seeded::values(m * 64, 8);
+            let got = stacked.matmul(&x, m);
+            let wanted: Vec<Vec<f32>> = parts.iter().map(|p| p.matmul(&x, m)).collect();
+            for i in 0..m {
+                let row: Vec<f32> = parts
+                    .iter()
+                    .zip(&wanted)
+                    .flat_map(|(p, w)| w[i * p.rows()..(i + 1) * p.rows()].to_vec())
+                    .collect();
+                assert_eq!(&got[i * total..(i + 1) * total], &row[..]);
+            }
+            // a partial group anywhere but last, or other widths, do not stack
+            assert!(Q8Matrix::stack(&[&parts[2], &parts[0]]).is_none());
+            let wide = Q8Matrix::for_isa(&q8(unit, 128, 1).1, kernel)
+                .unwrap()
+                .unwrap();
+            assert!(Q8Matrix::stack(&[&parts[0], &wide]).is_none());
         }
-        // a partial group anywhere but last, or other widths, do not stack
-        assert!(Q8Matrix::stack(&[&parts[2], &parts[0]]).is_none());
-        let wide = Q8Matrix::from_qtensor(&q8(4, 96, 1).1).unwrap().unwrap();
-        assert!(Q8Matrix::stack(&[&parts[0], &wide]).is_none());
     }
 
     #[test]
