@@ -93,9 +93,7 @@ impl Proj {
         let w = match quantize {
             // Block quantization needs whole blocks along the input.
             Some(q) if input % q.block_size() == 0 => Weight::Quant(
-                // candle's re-packed VNNI product beats ours on these
-                // shapes (inputs a multiple of 256, outputs of 16)
-                QLinear::new(false, QTensor::quantize(&w, q)?)?,
+                QLinear::new(own_kernels_by_default(), QTensor::quantize(&w, q)?)?,
                 out,
                 input,
             ),

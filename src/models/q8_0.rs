@@ -134,10 +134,11 @@ impl Module for QLinear {
 /// scales (6 bits a weight) for its many-row kernel, and a decode step,
 /// which reads every weight once, is bound by memory (Qwen2.5-Coder-1.5B
 /// decode: two thirds of the time in that kernel; through the dot products
-/// 1.57x the tokens/s). With more rows the re-laid weights serve them all
-/// and `QMatMul` stays (8 sequences through the dot products: half the
-/// speed). `None` where this does not apply (other weights, more rows,
-/// another device, an unaligned buffer).
+/// 1.57x the tokens/s). More rows go to our K-quant kernel
+/// ([`KMatrix`]) where it runs, to `QMatMul` elsewhere (8 sequences
+/// through these dot products: half `QMatMul`'s speed). `None` where this
+/// does not apply (other weights, more rows, another device, an unaligned
+/// buffer).
 fn q4k_row(m: &QMatMul, x: &Tensor) -> Result<Option<Tensor>> {
     use candle_core::quantized::k_quants::{self, BlockQ4K};
     let QMatMul::QTensor(t) = m else {
