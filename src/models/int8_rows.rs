@@ -44,16 +44,10 @@ pub struct Int8Rows {
     bias: Option<Vec<f32>>,
 }
 
-/// Whether this CPU runs the kernel.
+/// Whether this CPU runs the kernel (AVX-512 F, BW and VNNI, as the
+/// K-quant one).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    super::kquant::available()
 }
 
 impl Int8Rows {

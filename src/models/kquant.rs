@@ -592,6 +592,31 @@ mod x86 {
         _mm512_set1_epi32((p as *const i32).read_unaligned())
     }
 
+    /// Super-block `b` of input rows `i..i + M`.
+    #[inline(always)]
+    unsafe fn inputs<const M: usize>(o: Operands, i: usize, b: usize) -> [*const u8; M] {
+        std::array::from_fn(|r| o.quants.add(((i + r) * o.blocks + b) * QK))
+    }
+
+    /// Adds one sub-block's integer sums (split in two where `split`),
+    /// times the rows' sub-block scales, to each input row's total.
+    #[inline(always)]
+    unsafe fn add_scaled<const M: usize>(
+        total: &mut [__m512i; M],
+        sums: &[[__m512i; M]; 2],
+        split: bool,
+        scale: __m512i,
+    ) {
+        for r in 0..M {
+            let sum = if split {
+                _mm512_add_epi32(sums[0][r], sums[1][r])
+            } else {
+                sums[0][r]
+            };
+            total[r] = _mm512_add_epi32(total[r], _mm512_mullo_epi32(sum, scale));
+        }
+    }
+
     /// Output columns of tile `t` for input rows `i..i + M`. With few rows
     /// the low- and high-nibble products go to separate sums, so that the
     /// chains of `vpdpbusd` stay long enough to hide its latency.
@@ -604,8 +629,7 @@ mod x86 {
         for b in 0..o.blocks {
             let tile = o.tiles.add((t * o.blocks + b) * o.tile_bytes);
             prefetch(o, tile);
-            let x: [*const u8; M] =
-                std::array::from_fn(|r| o.quants.add(((i + r) * o.blocks + b) * QK));
+            let x = inputs::<M>(o, i, b);
             let mut total = [_mm512_setzero_si512(); M];
             for s in 0..8 {
                 let mut sums = [[_mm512_setzero_si512(); M]; 2];
@@ -623,14 +647,7 @@ mod x86 {
                 let scale = _mm512_cvtepu8_epi32(_mm_load_si128(
                     tile.add(kind.scales() + ROWS * s) as *const __m128i,
                 ));
-                for r in 0..M {
-                    let sum = if split {
-                        _mm512_add_epi32(sums[0][r], sums[1][r])
-                    } else {
-                        sums[0][r]
-                    };
-                    total[r] = _mm512_add_epi32(total[r], _mm512_mullo_epi32(sum, scale));
-                }
+                add_scaled(&mut total, &sums, split, scale);
             }
             let mins: [__m512i; 4] = std::array::from_fn(|p| {
                 _mm512_load_si512(tile.add(kind.mins() + 64 * p) as *const __m512i)
@@ -665,8 +682,7 @@ mod x86 {
         for b in 0..o.blocks {
             let tile = o.tiles.add((t * o.blocks + b) * o.tile_bytes);
             prefetch(o, tile);
-            let x: [*const u8; M] =
-                std::array::from_fn(|r| o.quants.add(((i + r) * o.blocks + b) * QK));
+            let x = inputs::<M>(o, i, b);
             let mut total = [_mm512_setzero_si512(); M];
             for s in 0..16 {
                 let mut sums = [[_mm512_setzero_si512(); M]; 2];
@@ -700,14 +716,7 @@ mod x86 {
                 let scale = _mm512_cvtepi8_epi32(_mm_load_si128(
                     tile.add(kind.scales() + ROWS * s) as *const __m128i,
                 ));
-                for r in 0..M {
-                    let sum = if split {
-                        _mm512_add_epi32(sums[0][r], sums[1][r])
-                    } else {
-                        sums[0][r]
-                    };
-                    total[r] = _mm512_add_epi32(total[r], _mm512_mullo_epi32(sum, scale));
-                }
+                add_scaled(&mut total, &sums, split, scale);
             }
             let d = _mm512_load_ps(tile.add(kind.d()) as *const f32);
             let correction = _mm512_load_si512(tile.add(kind.correction()) as *const __m512i);
