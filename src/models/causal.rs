@@ -1401,7 +1401,8 @@ mod decoder {
             biases: Option<(Tensor, Tensor, Tensor)>,
         },
         /// One product over the stacked weights (all three on our Q8_0
-        /// kernel), split into heads by plain loops that add the biases
+        /// kernel, or all three Q4_K or all Q6_K: see `q8_0::Stacked`),
+        /// split into heads by plain loops that add the biases
         /// (concatenated as the weights are) on the way: one quantized
         /// input, one pass over the thread pool, no candle copies.
         Stacked(Stacked, Option<Vec<f32>>),
@@ -1548,7 +1549,8 @@ mod decoder {
             gate: Linear,
             up: Linear,
         },
-        /// One product over the stacked weights (both on our Q8_0 kernel),
+        /// One product over the stacked weights (both on our Q8_0 kernel,
+        /// or both of one K-quant type),
         /// then `silu(gate) * up` in one plain pass instead of two candle
         /// operations with their fresh tensors.
         Stacked(Stacked),

@@ -303,6 +303,31 @@ impl KMatrix {
         }))
     }
 
+    /// The rows of `parts` (one type, same columns, each a whole number of
+    /// tiles of 16 rows but the last) as one matrix. `None` where they do
+    /// not fit together.
+    pub fn stack(parts: &[&KMatrix]) -> Option<KMatrix> {
+        let first = parts.first()?;
+        let (_, init) = parts.split_last()?;
+        if parts
+            .iter()
+            .any(|p| p.cols != first.cols || p.kind != first.kind)
+            || init.iter().any(|p| !p.rows.is_multiple_of(ROWS))
+        {
+            return None;
+        }
+        let mut tiles = Vec::with_capacity(parts.iter().map(|p| p.tiles.len()).sum());
+        for p in parts {
+            tiles.extend_from_slice(&p.tiles);
+        }
+        Some(KMatrix {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            kind: first.kind,
+            tiles,
+        })
+    }
+
     /// Output features (weight rows).
     pub fn rows(&self) -> usize {
         self.rows

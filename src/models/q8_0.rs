@@ -49,7 +49,8 @@
 //! rows to the kernel of `kquant.rs`, one-row Q4_K products (decode steps
 //! of the Qwen2.5 files) to candle's dot products over the file's blocks
 //! rather than through `QMatMul` (see `q4k_row`), and [`Stacked`] runs the
-//! products of one input with several Q8_0 weights as one.
+//! products of one input with several Q8_0 weights, or with several
+//! K-quant weights of one type, as one.
 //!
 //! The work is spread over candle's CPU thread pool (`CANDLE_NUM_THREADS`),
 //! so the pipeline's layout of workers and math threads holds for it too.
@@ -195,22 +196,51 @@ fn output(out: Vec<f32>, x: &Tensor, n: usize) -> Result<Tensor> {
     Tensor::from_vec(out, dims, &Device::Cpu)
 }
 
-/// Products of one input with several Q8_0 weights, run as one product
-/// over the weights stacked by rows ([`Q8Matrix::stack`]).
+/// Products of one input with several weights, run as one product over
+/// the weights stacked by rows: Q8_0 parts on our kernel
+/// ([`Q8Matrix::stack`]), or K-quant parts of one type (our kernel for two
+/// or more rows, candle's dot products over the stacked file blocks for
+/// one). One quantization of the input and one pass over the thread pool
+/// instead of one per part.
 #[derive(Debug, Clone)]
 pub struct Stacked {
-    matrix: Arc<Q8Matrix>,
+    matrix: StackedMatrix,
     sizes: Vec<usize>,
 }
 
+#[derive(Debug, Clone)]
+enum StackedMatrix {
+    Q8(Arc<Q8Matrix>),
+    K(Arc<KMatrix>, Arc<FileRows>),
+}
+
 impl Stacked {
-    /// `None` unless every part runs on our kernel and they stack.
+    /// `None` unless every part runs on one of our kernels, all of one
+    /// type, and they stack.
     pub fn new(parts: &[&QLinear]) -> Option<Stacked> {
         let matrices: Option<Vec<&Q8Matrix>> = parts.iter().map(|p| p.q8()).collect();
-        let matrices = matrices?;
+        if let Some(matrices) = matrices {
+            return Some(Stacked {
+                sizes: matrices.iter().map(|m| m.rows).collect(),
+                matrix: StackedMatrix::Q8(Arc::new(Q8Matrix::stack(&matrices)?)),
+            });
+        }
+        let ks: Option<Vec<(&QMatMul, &KMatrix)>> = parts
+            .iter()
+            .map(|p| match p {
+                QLinear::K(candle, ours) => Some((candle, ours.as_ref())),
+                _ => None,
+            })
+            .collect();
+        let ks = ks?;
+        let tiles: Vec<&KMatrix> = ks.iter().map(|(_, k)| *k).collect();
+        let files: Vec<&QMatMul> = ks.iter().map(|(c, _)| *c).collect();
         Some(Stacked {
-            sizes: matrices.iter().map(|m| m.rows).collect(),
-            matrix: Arc::new(Q8Matrix::stack(&matrices)?),
+            sizes: tiles.iter().map(|m| m.rows()).collect(),
+            matrix: StackedMatrix::K(
+                Arc::new(KMatrix::stack(&tiles)?),
+                Arc::new(FileRows::stack(&files)?),
+            ),
         })
     }
 
@@ -223,8 +253,108 @@ impl Stacked {
     /// `(m, sum of sizes)` row-major product whose rows hold the parts'
     /// outputs side by side.
     pub fn matmul(&self, x: &Tensor) -> Result<(usize, Vec<f32>)> {
-        let (m, xs) = input_rows(x, self.matrix.cols)?;
-        Ok((m, self.matrix.matmul(&xs, m)))
+        match &self.matrix {
+            StackedMatrix::Q8(w) => {
+                let (m, xs) = input_rows(x, w.cols)?;
+                Ok((m, w.matmul(&xs, m)))
+            }
+            StackedMatrix::K(tiles, file) => {
+                let (m, xs) = input_rows(x, tiles.cols())?;
+                if m == 1 {
+                    Ok((1, file.matmul_row(&xs)?))
+                } else {
+                    Ok((m, tiles.matmul(&xs, m)))
+                }
+            }
+        }
+    }
+}
+
+/// Q4_K or Q6_K weights of one type stacked by rows in the file's own
+/// blocks, for one-row products through candle's dot products (see
+/// `q4k_row` for why not through `QMatMul`).
+#[derive(Debug)]
+struct FileRows {
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    /// The blocks' bytes (in `u16`s: the blocks hold f16 fields).
+    data: Vec<u16>,
+}
+
+impl FileRows {
+    fn stack(parts: &[&QMatMul]) -> Option<FileRows> {
+        use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K};
+        let tensors: Option<Vec<&QTensor>> = parts
+            .iter()
+            .map(|p| match p {
+                QMatMul::QTensor(t) => Some(t.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let tensors = tensors?;
+        let first = tensors.first()?;
+        let dtype = first.dtype();
+        let size = match dtype {
+            GgmlDType::Q4K => std::mem::size_of::<BlockQ4K>(),
+            GgmlDType::Q6K => std::mem::size_of::<BlockQ6K>(),
+            _ => return None,
+        };
+        if std::mem::align_of::<BlockQ4K>().max(std::mem::align_of::<BlockQ6K>()) > 2 {
+            return None;
+        }
+        let (_, cols) = first.shape().dims2().ok()?;
+        let mut rows = 0;
+        let mut bytes = Vec::new();
+        for t in &tensors {
+            let (n, k) = t.shape().dims2().ok()?;
+            let data = t.data().ok()?;
+            if t.dtype() != dtype
+                || k != cols
+                || !k.is_multiple_of(candle_core::quantized::k_quants::QK_K)
+                || data.len() != n * (k / candle_core::quantized::k_quants::QK_K) * size
+            {
+                return None;
+            }
+            rows += n;
+            bytes.extend_from_slice(&data);
+        }
+        let data = bytes
+            .chunks_exact(2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+            .collect();
+        Some(FileRows {
+            dtype,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// One row `x` (`cols` long) times the rows.
+    fn matmul_row(&self, x: &[f32]) -> Result<Vec<f32>> {
+        use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K};
+        let mut out = vec![0f32; self.rows];
+        let shape = (1, self.cols, self.rows);
+        let ptr = self.data.as_ptr();
+        let bytes = self.data.len() * 2;
+        // SAFETY: `data` holds whole blocks of `dtype` (checked in
+        // `stack`), aligned for them (2 bytes, checked there too).
+        unsafe {
+            match self.dtype {
+                GgmlDType::Q4K => {
+                    let n = bytes / std::mem::size_of::<BlockQ4K>();
+                    let blocks = std::slice::from_raw_parts(ptr as *const BlockQ4K, n);
+                    k_quants::matmul(shape, x, blocks, &mut out)?
+                }
+                _ => {
+                    let n = bytes / std::mem::size_of::<BlockQ6K>();
+                    let blocks = std::slice::from_raw_parts(ptr as *const BlockQ6K, n);
+                    k_quants::matmul(shape, x, blocks, &mut out)?
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -1253,6 +1383,76 @@ mod tests {
             assert_eq!(fast.scales, slow.scales);
             assert_eq!(fast.corrections, slow.corrections);
         }
+    }
+
+    #[test]
+    fn stacked_k_quant_parts_give_the_parts_side_by_side() {
+        if !super::super::kquant::available() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let k = 512;
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            // a last part with a partial tile of 16 rows
+            let sizes = [32, 16, 18];
+            let parts: Vec<QLinear> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let w = crate::seeded::values(n * k, 60 + i as u64);
+                    let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+                    QLinear::new(true, QTensor::quantize(&w, dtype).unwrap()).unwrap()
+                })
+                .collect();
+            let refs: Vec<&QLinear> = parts.iter().collect();
+            let stacked = Stacked::new(&refs).unwrap();
+            assert_eq!(stacked.sizes(), &sizes);
+            let total: usize = sizes.iter().sum();
+            for m in [1, 9] {
+                let x = crate::seeded::values(m * k, 70 + m as u64);
+                let x = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
+                let (rows, got) = stacked.matmul(&x).unwrap();
+                assert_eq!((rows, got.len()), (m, m * total));
+                let wanted: Vec<Vec<f32>> = parts
+                    .iter()
+                    .map(|p| {
+                        p.forward(&x)
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1()
+                            .unwrap()
+                    })
+                    .collect();
+                for i in 0..m {
+                    let row: Vec<f32> = sizes
+                        .iter()
+                        .zip(&wanted)
+                        .flat_map(|(&n, w)| w[i * n..(i + 1) * n].to_vec())
+                        .collect();
+                    for (g, w) in got[i * total..(i + 1) * total].iter().zip(&row) {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                            "{dtype:?} m {m}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+            // a partial tile anywhere but last, or mixed types, do not stack
+            assert!(Stacked::new(&[&parts[2], &parts[0]]).is_none());
+        }
+        let q4 = |seed| {
+            let w = Tensor::from_vec(crate::seeded::values(16 * k, seed), (16, k), &Device::Cpu);
+            QLinear::new(
+                true,
+                QTensor::quantize(&w.unwrap(), GgmlDType::Q4K).unwrap(),
+            )
+            .unwrap()
+        };
+        let w = Tensor::from_vec(crate::seeded::values(16 * k, 3), (16, k), &Device::Cpu).unwrap();
+        let q6 = QLinear::new(true, QTensor::quantize(&w, GgmlDType::Q6K).unwrap()).unwrap();
+        assert!(Stacked::new(&[&q4(1), &q6]).is_none());
+        assert!(Stacked::new(&[&q4(1), &q4(2)]).is_some());
     }
 
     #[test]
