@@ -141,7 +141,6 @@ impl Module for QLinear {
 /// does not apply (other weights, more rows, another device, an unaligned
 /// buffer).
 fn q4k_row(m: &QMatMul, x: &Tensor) -> Result<Option<Tensor>> {
-    use candle_core::quantized::k_quants::{self, BlockQ4K};
     let QMatMul::QTensor(t) = m else {
         return Ok(None);
     };
@@ -149,28 +148,62 @@ fn q4k_row(m: &QMatMul, x: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let (n, k) = t.shape().dims2()?;
-    if !x.device().is_cpu()
-        || x.dims().last() != Some(&k)
-        || x.elem_count() != k
-        || !k.is_multiple_of(k_quants::QK_K)
-    {
+    if !x.device().is_cpu() || x.dims().last() != Some(&k) || x.elem_count() != k {
         return Ok(None);
     }
-    let data = t.data()?;
-    let ptr = data.as_ptr();
-    let size = std::mem::size_of::<BlockQ4K>();
-    if !(ptr as usize).is_multiple_of(std::mem::align_of::<BlockQ4K>())
-        || data.len() != n * (k / k_quants::QK_K) * size
-    {
-        return Ok(None);
-    }
-    // SAFETY: candle's CPU storage of a Q4_K tensor is a slice of
-    // `BlockQ4K`s (`data` borrows it); length and alignment checked above.
-    let blocks = unsafe { std::slice::from_raw_parts(ptr as *const BlockQ4K, data.len() / size) };
     let (_, xs) = input_rows(x, k)?;
-    let mut out = vec![0f32; n];
-    k_quants::matmul((1, k, n), &xs, blocks, &mut out)?;
-    Ok(Some(output(out, x, n)?))
+    match row_over_blocks(t.dtype(), &t.data()?, n, k, &xs)? {
+        Some(out) => Ok(Some(output(out, x, n)?)),
+        None => Ok(None),
+    }
+}
+
+/// Whether `data` holds `n` rows of `k` columns of Q4_K or Q6_K weights
+/// as whole blocks of the file's layout, aligned for candle's block types.
+fn fits_blocks(dtype: GgmlDType, data: &[u8], n: usize, k: usize) -> bool {
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, QK_K};
+    use std::mem::{align_of, size_of};
+    let (size, align) = match dtype {
+        GgmlDType::Q4K => (size_of::<BlockQ4K>(), align_of::<BlockQ4K>()),
+        GgmlDType::Q6K => (size_of::<BlockQ6K>(), align_of::<BlockQ6K>()),
+        _ => return false,
+    };
+    k.is_multiple_of(QK_K)
+        && data.len() == n * (k / QK_K) * size
+        && (data.as_ptr() as usize).is_multiple_of(align)
+}
+
+/// One row `x` (`k` long) times `n` rows of Q4_K or Q6_K weights held in
+/// the file's own blocks (`data`), through candle's dot products. `None`
+/// where [`fits_blocks`] does not hold.
+fn row_over_blocks(
+    dtype: GgmlDType,
+    data: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+) -> Result<Option<Vec<f32>>> {
+    use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, GgmlType};
+    fn run<T: GgmlType>(data: &[u8], n: usize, k: usize, x: &[f32]) -> Result<Vec<f32>> {
+        // SAFETY: the blocks are plain old data in the file's layout;
+        // `fits_blocks` checked their length and alignment.
+        let blocks = unsafe {
+            std::slice::from_raw_parts(
+                data.as_ptr() as *const T,
+                data.len() / std::mem::size_of::<T>(),
+            )
+        };
+        let mut out = vec![0f32; n];
+        k_quants::matmul((1, k, n), x, blocks, &mut out)?;
+        Ok(out)
+    }
+    if !fits_blocks(dtype, data, n, k) {
+        return Ok(None);
+    }
+    Ok(Some(match dtype {
+        GgmlDType::Q4K => run::<BlockQ4K>(data, n, k, x)?,
+        _ => run::<BlockQ6K>(data, n, k, x)?,
+    }))
 }
 
 /// The rows of `x` (`(..., cols)`, checked) as f32: how many, and their
@@ -284,7 +317,6 @@ struct FileRows {
 
 impl FileRows {
     fn stack(parts: &[&QMatMul]) -> Option<FileRows> {
-        use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K};
         let tensors: Option<Vec<&QTensor>> = parts
             .iter()
             .map(|p| match p {
@@ -295,66 +327,41 @@ impl FileRows {
         let tensors = tensors?;
         let first = tensors.first()?;
         let dtype = first.dtype();
-        let size = match dtype {
-            GgmlDType::Q4K => std::mem::size_of::<BlockQ4K>(),
-            GgmlDType::Q6K => std::mem::size_of::<BlockQ6K>(),
-            _ => return None,
-        };
-        if std::mem::align_of::<BlockQ4K>().max(std::mem::align_of::<BlockQ6K>()) > 2 {
-            return None;
-        }
         let (_, cols) = first.shape().dims2().ok()?;
         let mut rows = 0;
-        let mut bytes = Vec::new();
+        let mut data = Vec::new();
         for t in &tensors {
             let (n, k) = t.shape().dims2().ok()?;
-            let data = t.data().ok()?;
-            if t.dtype() != dtype
-                || k != cols
-                || !k.is_multiple_of(candle_core::quantized::k_quants::QK_K)
-                || data.len() != n * (k / candle_core::quantized::k_quants::QK_K) * size
-            {
+            if t.dtype() != dtype || k != cols {
                 return None;
             }
             rows += n;
-            bytes.extend_from_slice(&data);
+            let bytes = t.data().ok()?;
+            data.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| u16::from_ne_bytes([b[0], b[1]])),
+            );
         }
-        let data = bytes
-            .chunks_exact(2)
-            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
-            .collect();
-        Some(FileRows {
+        let stacked = FileRows {
             dtype,
             rows,
             cols,
             data,
-        })
+        };
+        fits_blocks(dtype, stacked.bytes(), rows, cols).then_some(stacked)
+    }
+
+    /// The blocks' bytes.
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: any `u16` is two plain bytes.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, self.data.len() * 2) }
     }
 
     /// One row `x` (`cols` long) times the rows.
     fn matmul_row(&self, x: &[f32]) -> Result<Vec<f32>> {
-        use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K};
-        let mut out = vec![0f32; self.rows];
-        let shape = (1, self.cols, self.rows);
-        let ptr = self.data.as_ptr();
-        let bytes = self.data.len() * 2;
-        // SAFETY: `data` holds whole blocks of `dtype` (checked in
-        // `stack`), aligned for them (2 bytes, checked there too).
-        unsafe {
-            match self.dtype {
-                GgmlDType::Q4K => {
-                    let n = bytes / std::mem::size_of::<BlockQ4K>();
-                    let blocks = std::slice::from_raw_parts(ptr as *const BlockQ4K, n);
-                    k_quants::matmul(shape, x, blocks, &mut out)?
-                }
-                _ => {
-                    let n = bytes / std::mem::size_of::<BlockQ6K>();
-                    let blocks = std::slice::from_raw_parts(ptr as *const BlockQ6K, n);
-                    k_quants::matmul(shape, x, blocks, &mut out)?
-                }
-            }
-        }
-        Ok(out)
+        row_over_blocks(self.dtype, self.bytes(), self.rows, self.cols, x)?
+            .ok_or_else(|| candle_core::Error::Msg("stacked K-quant blocks do not fit".into()))
     }
 }
 
