@@ -43,9 +43,9 @@ use half::f16;
 /// Values per super-block.
 const QK: usize = 256;
 /// Weight rows per tile.
-const ROWS: usize = 16;
+pub(super) const ROWS: usize = 16;
 /// Input rows per pass over a tile.
-const PASS: usize = 8;
+pub(super) const PASS: usize = 8;
 
 /// GGUF bytes per Q4_K block: f16 `d`, f16 `dmin`, 12 bytes of 6-bit
 /// scales and minimums, 128 bytes of nibbles.
@@ -518,7 +518,7 @@ fn pack_pair(lo: i32, hi: i32) -> i32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
@@ -603,10 +603,11 @@ mod x86 {
     /// 1.1-1.2x (Q6_K) the multiply-adds per second of no prefetching;
     /// asking for the tile at hand into L1, or for tiles one or three
     /// ahead, gave less.
+    /// (Also the Q8_0 tiles' prefetch, `q8_0.rs`.)
     #[inline(always)]
-    unsafe fn prefetch(o: Operands, tile: *const u8) {
-        let ahead = tile.wrapping_add(2 * o.tile_bytes);
-        for l in (0..o.tile_bytes).step_by(64) {
+    pub(in crate::models) unsafe fn prefetch(tile: *const u8, tile_bytes: usize) {
+        let ahead = tile.wrapping_add(2 * tile_bytes);
+        for l in (0..tile_bytes).step_by(64) {
             _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(l) as *const i8);
         }
     }
@@ -653,7 +654,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); M];
         for b in 0..o.blocks {
             let tile = o.tiles.add((t * o.blocks + b) * o.tile_bytes);
-            prefetch(o, tile);
+            prefetch(tile, o.tile_bytes);
             let x = inputs::<M>(o, i, b);
             let mut total = [_mm512_setzero_si512(); M];
             for s in 0..8 {
@@ -693,7 +694,7 @@ mod x86 {
                 acc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(min), _mm512_mul_ps(dmin, dx), acc[r]);
             }
         }
-        store(o, t, i, &acc);
+        store(o.out, o.n, t, i, &acc);
     }
 
     /// [`q4k`] for Q6_K tiles.
@@ -706,7 +707,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); M];
         for b in 0..o.blocks {
             let tile = o.tiles.add((t * o.blocks + b) * o.tile_bytes);
-            prefetch(o, tile);
+            prefetch(tile, o.tile_bytes);
             let x = inputs::<M>(o, i, b);
             let mut total = [_mm512_setzero_si512(); M];
             for s in 0..16 {
@@ -752,17 +753,24 @@ mod x86 {
                 acc[r] = _mm512_fmadd_ps(main, _mm512_mul_ps(d, dx), acc[r]);
             }
         }
-        store(o, t, i, &acc);
+        store(o.out, o.n, t, i, &acc);
     }
 
-    /// The 16 outputs of tile `t` for input rows `i..`, less any padding
-    /// rows past the matrix's last.
+    /// The 16 outputs of tile `t` (of an `n`-wide output) for input rows
+    /// `i..`, less any padding rows past the matrix's last. (Also the Q8_0
+    /// tiles' store, `q8_0.rs`.)
     #[inline(always)]
-    unsafe fn store<const M: usize>(o: Operands, t: usize, i: usize, acc: &[__m512; M]) {
-        let cols = ROWS.min(o.n - ROWS * t);
+    pub(in crate::models) unsafe fn store<const M: usize>(
+        out: *mut f32,
+        n: usize,
+        t: usize,
+        i: usize,
+        acc: &[__m512; M],
+    ) {
+        let cols = ROWS.min(n - ROWS * t);
         let mask: __mmask16 = if cols == ROWS { !0 } else { (1u16 << cols) - 1 };
         for (r, v) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(o.out.add((i + r) * o.n + ROWS * t), mask, *v);
+            _mm512_mask_storeu_ps(out.add((i + r) * n + ROWS * t), mask, *v);
         }
     }
 
@@ -803,16 +811,24 @@ mod x86 {
             n: w.rows,
             out,
         };
-        let (m, kind) = (a.rows, w.kind);
-        let passes = m.div_ceil(PASS);
-        let units = w.rows.div_ceil(ROWS) * passes;
+        let kind = w.kind;
+        passes(w.rows, a.rows, |t, i, rows| {
+            // SAFETY: as the caller promised; each pass writes only its
+            // tile's columns of its rows.
+            unsafe { pass(kind, o, t, i, rows) }
+        });
+    }
+
+    /// Runs `pass(t, i, rows)` over the thread pool for every tile `t` of
+    /// an `n`-wide output and every run of at most [`PASS`] of the `m`
+    /// input rows from `i` on. (Also the Q8_0 tiles' loop, `q8_0.rs`.)
+    pub(in crate::models) fn passes(n: usize, m: usize, pass: impl Fn(usize, usize, usize) + Sync) {
+        let per_tile = m.div_ceil(PASS);
+        let units = n.div_ceil(ROWS) * per_tile;
         candle_core::utils::barrier_pool().execute_chunked(units, |range| {
             for u in range {
-                let (t, p) = (u / passes, u % passes);
-                let i = p * PASS;
-                // SAFETY: as the caller promised; each unit writes only
-                // its tile's columns of its rows.
-                unsafe { pass(kind, o, t, i, PASS.min(m - i)) };
+                let (t, i) = (u / per_tile, u % per_tile * PASS);
+                pass(t, i, PASS.min(m - i));
             }
         });
     }

@@ -1133,11 +1133,13 @@ mod x86 {
 /// (-128 times its sum), then are scaled in f32.
 #[cfg(target_arch = "x86_64")]
 mod tiles {
+    use super::super::kquant::x86::{passes, prefetch, store};
+    use super::super::kquant::ROWS;
     use super::{Activations, Q8Matrix, BLOCK, TILE_BYTES, TILE_ROWS};
     use std::arch::x86_64::*;
 
-    /// Input rows per pass over a tile.
-    const PASS: usize = 8;
+    // the K-quant kernel's tile loop, prefetch and store serve these tiles
+    const _: () = assert!(TILE_ROWS == ROWS);
 
     #[derive(Clone, Copy)]
     struct Operands {
@@ -1166,10 +1168,7 @@ mod tiles {
         let mut acc = [_mm512_setzero_ps(); M];
         for p in 0..pairs {
             let tile = o.tiles.add((t * pairs + p) * TILE_BYTES);
-            let ahead = tile.wrapping_add(2 * TILE_BYTES);
-            for l in (0..TILE_BYTES).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(l) as *const i8);
-            }
+            prefetch(tile, TILE_BYTES);
             for h in 0..2 {
                 let b = 2 * p + h;
                 let at: [usize; M] = std::array::from_fn(|r| (i + r) * o.blocks + b);
@@ -1200,18 +1199,10 @@ mod tiles {
                 }
             }
         }
-        let cols = TILE_ROWS.min(o.n - TILE_ROWS * t);
-        let mask: __mmask16 = if cols == TILE_ROWS {
-            !0
-        } else {
-            (1u16 << cols) - 1
-        };
-        for (r, v) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(o.out.add((i + r) * o.n + TILE_ROWS * t), mask, *v);
-        }
+        store(o.out, o.n, t, i, &acc);
     }
 
-    /// Input rows `i..i + count` (at most [`PASS`]) against tile row `t`.
+    /// Input rows `i..i + count` (at most eight) against tile row `t`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn pass(o: Operands, t: usize, i: usize, count: usize) {
         match count {
@@ -1246,16 +1237,10 @@ mod tiles {
             n: w.rows,
             out,
         };
-        let m = a.rows;
-        let passes = m.div_ceil(PASS);
-        let units = w.rows.div_ceil(TILE_ROWS) * passes;
-        candle_core::utils::barrier_pool().execute_chunked(units, |range| {
-            for u in range {
-                let (t, p) = (u / passes, u % passes);
-                // SAFETY: as the caller promised; each unit writes only
-                // its tile's columns of its rows.
-                unsafe { pass(o, t, p * PASS, PASS.min(m - p * PASS)) };
-            }
+        passes(w.rows, a.rows, |t, i, count| {
+            // SAFETY: as the caller promised; each pass writes only its
+            // tile's columns of its rows.
+            unsafe { pass(o, t, i, count) }
         });
     }
 }
