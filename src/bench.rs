@@ -92,9 +92,17 @@ pub struct BenchReport {
     /// Generated tokens per second of the whole run after model loading
     /// (reading, cleaning, segmenting, scheduling and writing included).
     pub end_to_end_generated_tokens_per_s: f64,
-    /// Share of the run after model loading spent in model stages; one
-    /// minus it is the pipeline's own overhead.
+    /// Share of the run after model loading spent in model stages.
     pub model_share: f64,
+    /// Generated tokens per second of the models alone: the tokens over the
+    /// time the workers spent inside model calls (summed over workers,
+    /// divided by their number), so waiting on the pipeline (reading,
+    /// tokenizing for the scheduler, a worker idle at a stage's end,
+    /// writing) is left out.
+    pub model_only_generated_tokens_per_s: f64,
+    /// End-to-end generated tokens/s over the models-alone figure: 1.0 means
+    /// the pipeline costs nothing beyond the model calls.
+    pub pipeline_vs_model_only: f64,
     /// Tokens fed to the models.
     pub input_tokens: u64,
     /// Tokens generated.
@@ -136,6 +144,9 @@ pub struct StageReport {
     pub output_tokens_per_s: f64,
     /// Real / padded source tokens of the encoder batches (None: not batched).
     pub batch_fill: Option<f64>,
+    /// Share of the workers' time in the stage spent inside model calls
+    /// (worker seconds in calls / (workers x stage seconds)).
+    pub workers_busy: f64,
 }
 
 /// chrF of one language.
@@ -280,6 +291,10 @@ pub fn run(job: &Job, articles: Option<u64>, sizes: RawSizes) -> Result<BenchRep
     let elapsed = stats.elapsed.as_secs_f64();
     // The run after model loading.
     let run_s = (elapsed - load).max(1e-9);
+    let workers = job.runtime.workers.max(1) as f64;
+    let model_only_s = (stats.model_busy_seconds() / workers).max(1e-9);
+    let end_to_end = stats.output_tokens as f64 / run_s;
+    let model_only = stats.output_tokens as f64 / model_only_s;
     Ok(BenchReport {
         config: job.config_path.display().to_string(),
         articles: stats.ok,
@@ -287,8 +302,15 @@ pub fn run(job: &Job, articles: Option<u64>, sizes: RawSizes) -> Result<BenchRep
         elapsed_s: elapsed,
         articles_per_min: (stats.ok + stats.failed) as f64 * 60.0 / run_s,
         generated_tokens_per_s: stats.output_tokens as f64 / model_s.max(1e-9),
-        end_to_end_generated_tokens_per_s: stats.output_tokens as f64 / run_s,
+        end_to_end_generated_tokens_per_s: end_to_end,
         model_share: model_s / run_s,
+        model_only_generated_tokens_per_s: model_only,
+        pipeline_vs_model_only: if stats.output_tokens > 0 {
+            end_to_end / model_only
+        } else {
+            // Nothing generated (an extractive-only job): compare times.
+            model_only_s / run_s
+        },
         input_tokens: stats.input_tokens,
         output_tokens: stats.output_tokens,
         stages_s: stats
@@ -316,6 +338,7 @@ pub fn run(job: &Job, articles: Option<u64>, sizes: RawSizes) -> Result<BenchRep
                     output_tokens_per_s: w.output_tokens as f64 / secs,
                     batch_fill: (w.batch_padded_tokens > 0)
                         .then(|| w.batch_real_tokens as f64 / w.batch_padded_tokens as f64),
+                    workers_busy: w.model_busy.as_secs_f64() / (workers * secs),
                 }
             })
             .collect(),
@@ -409,6 +432,8 @@ impl BenchReport {
              articles/min        {:.2} (model loading excluded)\n\
              generated tokens/s  {:.1} in model stages, {:.1} end to end \
              (model stages {:.1}% of the run after loading)\n\
+             models alone        {:.1} generated tokens/s (time inside model calls); \
+             end to end / models alone = {:.3}\n\
              tokens in/out       {} / {}\npeak RSS            {:.0} MiB\nthreads x workers   {} x {}\n",
             self.config,
             self.articles,
@@ -418,6 +443,8 @@ impl BenchReport {
             self.generated_tokens_per_s,
             self.end_to_end_generated_tokens_per_s,
             self.model_share * 100.0,
+            self.model_only_generated_tokens_per_s,
+            self.pipeline_vs_model_only,
             self.input_tokens,
             self.output_tokens,
             self.peak_rss_mib,
@@ -430,12 +457,12 @@ impl BenchReport {
         }
         if !self.model_stages.is_empty() {
             s.push_str(&format!(
-                "{:<14}{:>9}{:>11}{:>12}{:>12}{:>11}\n",
-                "model stage", "seconds", "articles/s", "src tok/s", "gen tok/s", "fill"
+                "{:<14}{:>9}{:>11}{:>12}{:>12}{:>11}{:>8}\n",
+                "model stage", "seconds", "articles/s", "src tok/s", "gen tok/s", "fill", "busy"
             ));
             for m in &self.model_stages {
                 s.push_str(&format!(
-                    "  {:<12}{:>9.2}{:>11.3}{:>12.1}{:>12.1}{:>11}\n",
+                    "  {:<12}{:>9.2}{:>11.3}{:>12.1}{:>12.1}{:>11}{:>7.1}%\n",
                     m.stage,
                     m.seconds,
                     m.articles_per_s,
@@ -443,7 +470,8 @@ impl BenchReport {
                     m.output_tokens_per_s,
                     m.batch_fill
                         .map(|f| format!("{:.1}%", f * 100.0))
-                        .unwrap_or_else(|| "-".into())
+                        .unwrap_or_else(|| "-".into()),
+                    m.workers_busy * 100.0
                 ));
             }
         }

@@ -848,7 +848,7 @@ impl Validator<'_> {
                 .batch_sequences
                 .unwrap_or(DEFAULT_BATCH_SEQUENCES)
                 .max(1),
-            window: raw.runtime.window.unwrap_or(16).max(1),
+            window: raw.runtime.window.unwrap_or(64).max(1),
         };
 
         Ok(Job {

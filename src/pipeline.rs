@@ -26,6 +26,7 @@ use crate::config::{Field, Job, OutputPath, Shard};
 use crate::error::{Error, Result};
 use crate::input::article::{parse_line, Article, FailureKind, FieldMap, Record, RecordFailure};
 use crate::input::reader::{count_records, LineReader, RawLine};
+use crate::models::extractive::Extractive;
 use crate::models::hub::FetchPolicy;
 use crate::models::{Generation, LoadedModel, Model, Task};
 use crate::output::record::{Meta, OutputRecord, TranslatedFields};
@@ -81,6 +82,10 @@ pub struct StageWork {
     pub batch_real_tokens: u64,
     /// Padded source positions of those passes (`rows * longest row`).
     pub batch_padded_tokens: u64,
+    /// Worker time inside model calls, summed over the workers: a stage
+    /// whose workers never waited on the pipeline (for their next batch, for
+    /// each other at the stage's end) has `workers x` its wall time here.
+    pub model_busy: Duration,
 }
 
 impl RunStats {
@@ -95,6 +100,7 @@ impl RunStats {
         e.output_tokens += w.output_tokens;
         e.batch_real_tokens += w.batch_real_tokens;
         e.batch_padded_tokens += w.batch_padded_tokens;
+        e.model_busy += w.model_busy;
     }
 
     /// Seconds spent in model stages (summary and translations).
@@ -104,6 +110,12 @@ impl RunStats {
             .filter(|(k, _)| k.as_str() == "summary" || k.starts_with("translate"))
             .map(|(_, d)| d.as_secs_f64())
             .sum()
+    }
+
+    /// Worker seconds spent inside model calls, summed over workers and
+    /// model stages.
+    pub fn model_busy_seconds(&self) -> f64 {
+        self.work.values().map(|w| w.model_busy.as_secs_f64()).sum()
     }
 
     /// The one-line summary printed at the end of every run.
@@ -430,15 +442,16 @@ fn process_window(
                    before: (u64, u64),
                    after: (u64, u64),
                    articles: usize| {
-        let (real, padded) = workers.take_fill();
+        let tally = workers.take_tally();
         stats.add_work(
             name,
             StageWork {
                 articles: articles as u64,
                 input_tokens: after.0 - before.0,
                 output_tokens: after.1 - before.1,
-                batch_real_tokens: real,
-                batch_padded_tokens: padded,
+                batch_real_tokens: tally.real_tokens,
+                batch_padded_tokens: tally.padded_tokens,
+                model_busy: tally.busy,
             },
         );
     };
@@ -504,7 +517,7 @@ fn summarize(
                 .flat_map(|a| a.sentences().map(String::as_str))
                 .collect();
             let total = sentences.len().max(1);
-            let embedded = ex.embed(&sentences);
+            let embedded = workers.embed(ex, &sentences);
             let elapsed = t.elapsed().as_millis() as u64;
             match embedded {
                 Err(e) => {
@@ -518,10 +531,7 @@ fn summarize(
                     for a in arts.iter_mut() {
                         let sents: Vec<String> = a.sentences().cloned().collect();
                         let n = sents.len();
-                        let picked = crate::models::extractive::Extractive::select(
-                            &emb[off..off + n],
-                            spec.sentences,
-                        );
+                        let picked = Extractive::select(&emb[off..off + n], spec.sentences);
                         off += n;
                         let chosen: Vec<String> =
                             picked.into_iter().map(|i| sents[i].clone()).collect();
@@ -758,9 +768,17 @@ type UnitResult = Result<(Generation, u64)>;
 struct Workers {
     count: usize,
     clones: HashMap<String, Vec<Mutex<LoadedModel>>>,
-    /// Real and padded source tokens of batched passes since the last
-    /// [`Workers::take_fill`].
-    fill: Mutex<(u64, u64)>,
+    /// Real and padded source tokens of batched passes and the time spent
+    /// in model calls since the last [`Workers::take_tally`].
+    tally: Mutex<Tally>,
+}
+
+/// What [`Workers`] counts between two stages.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    real_tokens: u64,
+    padded_tokens: u64,
+    busy: Duration,
 }
 
 impl Workers {
@@ -777,7 +795,7 @@ impl Workers {
         Workers {
             count,
             clones,
-            fill: Mutex::new((0, 0)),
+            tally: Mutex::default(),
         }
     }
 
@@ -812,9 +830,10 @@ impl Workers {
                 let Some(&i) = order.get(k) else { break };
                 let (task, input) = units[i];
                 let t = Instant::now();
-                let r = m
-                    .generate(task, input, opts)
-                    .map(|g| (g, t.elapsed().as_millis() as u64));
+                let r = m.generate(task, input, opts);
+                let took = t.elapsed();
+                self.add_call(took, 0, 0);
+                let r = r.map(|g| (g, took.as_millis() as u64));
                 *results[i].lock().expect("result lock") = Some(r);
             }
         };
@@ -866,7 +885,9 @@ impl Workers {
                     runtime.batch_sequences,
                     runtime.batch_tokens,
                 );
-                let ms = t.elapsed().as_millis() as u64 / idx.len().max(1) as u64;
+                let took = t.elapsed();
+                self.add_call(took, 0, 0);
+                let ms = took.as_millis() as u64 / idx.len().max(1) as u64;
                 for (&i, r) in idx.iter().zip(out) {
                     *results[i].lock().expect("result lock") = Some(r.map(|g| (g, ms)));
                 }
@@ -877,9 +898,52 @@ impl Workers {
         collect(results)
     }
 
-    /// Real and padded source tokens of the batched passes since the last call.
-    fn take_fill(&self) -> (u64, u64) {
-        std::mem::take(&mut *self.fill.lock().expect("fill lock"))
+    /// Sentence embeddings for an extractive summary. The sentences are
+    /// dealt to the workers in length order (each gets a similar mix) and
+    /// each embeds its share in its own length-sorted batches, so with
+    /// single-threaded math per worker no core waits for another.
+    fn embed(&self, ex: &Extractive, sentences: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let workers = self.count.max(1).min(sentences.len().max(1));
+        let mut order: Vec<usize> = (0..sentences.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sentences[i].len()));
+        let shares: Vec<Vec<usize>> = (0..workers)
+            .map(|w| order.iter().copied().skip(w).step_by(workers).collect())
+            .collect();
+        type Vectors = Result<Vec<Vec<f32>>>;
+        let results: Vec<Mutex<Option<Vectors>>> = (0..workers).map(|_| Mutex::new(None)).collect();
+        let work = |w: usize| {
+            let mine: Vec<&str> = shares[w].iter().map(|&i| sentences[i]).collect();
+            let t = Instant::now();
+            let r = ex.embed(&mine);
+            self.add_call(t.elapsed(), 0, 0);
+            *results[w].lock().expect("result lock") = Some(r);
+        };
+        spread(workers, &work);
+        let mut out = vec![Vec::new(); sentences.len()];
+        for (share, r) in shares.iter().zip(results) {
+            let vectors = r
+                .into_inner()
+                .expect("result lock")
+                .expect("every share ran")?;
+            for (&i, v) in share.iter().zip(vectors) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Real and padded source tokens of the batched passes and the time
+    /// spent in model calls since the last call.
+    fn take_tally(&self) -> Tally {
+        std::mem::take(&mut *self.tally.lock().expect("tally lock"))
+    }
+
+    /// Adds one model call's time (and its encoder batch fill) to the tally.
+    fn add_call(&self, busy: Duration, real_tokens: u64, padded_tokens: u64) {
+        let mut t = self.tally.lock().expect("tally lock");
+        t.busy += busy;
+        t.real_tokens += real_tokens;
+        t.padded_tokens += padded_tokens;
     }
 
     /// Encoder-decoder models: units are dealt to the workers in length
@@ -908,13 +972,11 @@ impl Workers {
                 let inputs: Vec<&str> = idx.iter().map(|&i| units[i].1).collect();
                 let t = Instant::now();
                 let out = s2s.generate_batch(task, &inputs, settings, batch_tokens);
-                let ms = t.elapsed().as_millis() as u64 / idx.len().max(1) as u64;
+                let took = t.elapsed();
+                let ms = took.as_millis() as u64 / idx.len().max(1) as u64;
                 match out {
                     Ok((items, fill)) => {
-                        let mut f = self.fill.lock().expect("fill lock");
-                        f.0 += fill.real_tokens;
-                        f.1 += fill.padded_tokens;
-                        drop(f);
+                        self.add_call(took, fill.real_tokens, fill.padded_tokens);
                         for (&i, r) in idx.iter().zip(items) {
                             let r = r.map(|g| (g, ms)).map_err(|message| Error::Model {
                                 model: model.name.clone(),
@@ -924,6 +986,7 @@ impl Workers {
                         }
                     }
                     Err(e) => {
+                        self.add_call(took, 0, 0);
                         let message = format!("{:#}", chain(&e));
                         for &i in &idx {
                             *results[i].lock().expect("result lock") = Some(Err(Error::Model {

@@ -563,6 +563,27 @@ fn bench_reports_stage_throughput_batch_fill_and_chrf_against_references() {
     assert!(end_to_end > 0.0 && end_to_end <= model_rate * (1.0 + 1e-9));
     assert!((end_to_end / model_rate - share).abs() < 1e-6);
     assert!(err.contains("end to end"), "{err}");
+    // Time inside model calls is part of the stage's time on each worker:
+    // the models-alone rate is at least the model-stage rate, and the
+    // end-to-end rate over it is the reported ratio, at most 1.
+    let workers = report["workers"].as_f64().unwrap();
+    let busy = stage["workers_busy"].as_f64().unwrap();
+    assert!(busy > 0.0 && busy <= 1.0 + 1e-9, "{busy}");
+    let alone = report["model_only_generated_tokens_per_s"]
+        .as_f64()
+        .unwrap();
+    assert!(alone >= model_rate * (1.0 - 1e-9), "{alone} {model_rate}");
+    let ratio = report["pipeline_vs_model_only"].as_f64().unwrap();
+    assert!(ratio > 0.0 && ratio <= 1.0 + 1e-9, "{ratio}");
+    assert!((end_to_end / alone - ratio).abs() < 1e-6);
+    let stage_s = stage["seconds"].as_f64().unwrap();
+    let busy_s = busy * workers * stage_s;
+    assert!((output_tokens(stage) / (busy_s / workers) - alone).abs() <= alone * 1e-6);
+    assert!(err.contains("models alone"), "{err}");
+}
+
+fn output_tokens(stage: &serde_json::Value) -> f64 {
+    stage["output_tokens"].as_f64().unwrap()
 }
 
 #[test]
