@@ -1,18 +1,21 @@
 //! Causal (GGUF) decoding: the Q8_0 product that dominates the packaged
 //! SmolLM2 and Qwen2.5-0.5B files (our kernel against candle's `QMatMul`,
 //! at Qwen2.5-0.5B's feed-forward shape, 1, 32 and 200 rows), the Q4_K and
-//! Q6_K ones of Qwen2.5-1.5B (1, 8 and 200 rows), and one
-//! decoder step of the packaged SmolLM2-135M at batch 1 and 32 after a
-//! 64-token prompt.
+//! Q6_K ones of Qwen2.5-1.5B (1, 8 and 200 rows); one decoder step of each
+//! packaged causal family (SmolLM2-135M for Llama, Qwen2.5-Coder-0.5B for
+//! Qwen2, Gemma 3 270M) at batch 1 and, where the family batches, 32 after
+//! a 64-token prompt; loading the packaged GGUF models; and the extractive
+//! summary's sentence embeddings (all-MiniLM-L6-v2).
 //!
-//! The decoder-step benches need `smollm2-135m-instruct` in the model cache
-//! (`tidings models fetch --config configs/smollm2.toml`); without it they
-//! say so and are left out. Throughput of the products is in multiply-adds.
+//! The model benches need their package in the model cache (`tidings
+//! models fetch --config ...`); without it each says so and is left out.
+//! Throughput of the products is in multiply-adds.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use tidings::models::causal::CausalModel;
+use tidings::models::extractive::Extractive;
 use tidings::models::f32_gemm::PackedF32;
 use tidings::models::kquant;
 use tidings::models::packages;
@@ -113,19 +116,59 @@ fn head_product(c: &mut Criterion) {
     g.finish();
 }
 
-fn decoder_step(c: &mut Criterion) {
-    let package = "smollm2-135m-instruct";
+/// The packaged model's path, or `None` (and a note) when it is not in
+/// the model cache.
+fn cached(package: &str, job: &str) -> Option<std::path::PathBuf> {
     if !packages::is_cached(package) {
         eprintln!(
-            "causal decoder step: skipped, {package} is not in the model cache \
-             (tidings models fetch --config configs/smollm2.toml)"
+            "{package}: left out, not in the model cache \
+             (`tidings models fetch --config JOB` with {job})"
         );
-        return;
+        return None;
     }
-    let path = packages::fetch(package).unwrap();
+    Some(packages::fetch(package).unwrap())
+}
+
+/// Times `iters` decoder steps (`step(model, i)` for the `i`-th step of a
+/// run) in runs of at most [`STEADY_RUN`] on a fresh copy of `primed`. A
+/// copy shares the prompt's cache until its first step, which moves it
+/// into buffers of its own with room for a few hundred steps; that first
+/// step is left out of the timing, so the figure is a step of an ongoing
+/// generation (positions 66 to 129 after a 64-token prompt).
+fn steady_steps(
+    primed: &CausalModel,
+    iters: u64,
+    mut step: impl FnMut(&mut CausalModel, usize),
+) -> std::time::Duration {
+    let mut total = std::time::Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let run = left.min(STEADY_RUN);
+        let mut m = primed.clone();
+        step(&mut m, 0);
+        let t = std::time::Instant::now();
+        for i in 1..=run as usize {
+            step(&mut m, i);
+        }
+        total += t.elapsed();
+        left -= run;
+    }
+    total
+}
+
+/// Most steps timed on one copy of the primed model.
+const STEADY_RUN: u64 = 64;
+
+/// One decoder step of a packaged GGUF model after a 64-token prompt (see
+/// [`steady_steps`]): at batch 1, and at batch 32 (32 different prompts)
+/// where the family decodes batches (Gemma 3 does not).
+fn decoder_step(c: &mut Criterion, package: &str, job: &str) {
+    let Some(path) = cached(package, job) else {
+        return;
+    };
     let mut model = CausalModel::load(package, &path, None, &Device::Cpu).unwrap();
     let prompt: Vec<u32> = (0..64u32).map(|i| 300 + i * 37 % 5000).collect();
-    let mut g = c.benchmark_group("causal step smollm2-135m");
+    let mut g = c.benchmark_group(format!("causal step {package}"));
     g.sample_size(20);
 
     // batch 1: the prompt's cache, then one token
@@ -134,12 +177,16 @@ fn decoder_step(c: &mut Criterion) {
     let next = tidings::generate::decode::argmax(&logits);
     g.throughput(Throughput::Elements(1));
     g.bench_function(BenchmarkId::new("batch", 1), |b| {
-        b.iter_batched(
-            || one.clone(),
-            |mut m| m.forward_logits(&[next], prompt.len()).unwrap(),
-            BatchSize::SmallInput,
-        )
+        b.iter_custom(|iters| {
+            steady_steps(&one, iters, |m, i| {
+                m.forward_logits(&[next], prompt.len() + i).unwrap();
+            })
+        })
     });
+    if !model.batches() {
+        g.finish();
+        return;
+    }
 
     // batch 32: 32 different prompts of 64 tokens, then one token each
     let prompts: Vec<Vec<u32>> = (0..32)
@@ -153,11 +200,61 @@ fn decoder_step(c: &mut Criterion) {
     let tokens: Vec<u32> = (0..32).map(|r| 400 + r).collect();
     g.throughput(Throughput::Elements(32));
     g.bench_function(BenchmarkId::new("batch", 32), |b| {
-        b.iter_batched(
-            || model.clone(),
-            |mut m| m.step_rows(&tokens).unwrap(),
-            BatchSize::SmallInput,
-        )
+        b.iter_custom(|iters| {
+            steady_steps(&model, iters, |m, _| {
+                m.step_rows(&tokens).unwrap();
+            })
+        })
+    });
+    g.finish();
+}
+
+/// Loading packaged models from the cache (GGUF parsing, our kernels'
+/// re-laid weights, the tokenizer): what every run pays before its first
+/// article.
+fn model_load(c: &mut Criterion) {
+    let mut g = c.benchmark_group("model load");
+    g.sample_size(10);
+    for (package, config) in [
+        ("smollm2-135m-instruct", "configs/smollm2.toml"),
+        ("qwen2.5-coder-0.5b-instruct", "configs/demo-small.toml"),
+    ] {
+        let Some(path) = cached(package, config) else {
+            continue;
+        };
+        g.bench_function(package, |b| {
+            b.iter(|| CausalModel::load(package, &path, None, &Device::Cpu).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// Sentence embeddings of the extractive summary (the packaged
+/// all-MiniLM-L6-v2) over the NTREX sentences, in its own length-sorted
+/// batches.
+fn extractive_embed(c: &mut Criterion) {
+    let package = "all-minilm-l6-v2";
+    let Some(path) = cached(package, "configs/demo.toml") else {
+        return;
+    };
+    let model = Extractive::load(package, &path, &Device::Cpu).unwrap();
+    let sentences: Vec<String> = super::articles()
+        .iter()
+        .filter_map(|a| a["text"].as_str())
+        .flat_map(|t| {
+            tidings::text::segment::sentences(t)
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .take(256)
+        .collect();
+    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let mut g = c.benchmark_group("extractive embed all-minilm-l6-v2");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(refs.len() as u64));
+    g.bench_function(format!("{} sentences", refs.len()), |b| {
+        b.iter(|| model.embed(&refs).unwrap())
     });
     g.finish();
 }
@@ -166,7 +263,15 @@ fn causal(c: &mut Criterion) {
     q8_0_product(c);
     k_quant_product(c);
     head_product(c);
-    decoder_step(c);
+    decoder_step(c, "smollm2-135m-instruct", "configs/smollm2.toml");
+    decoder_step(c, "qwen2.5-coder-0.5b-instruct", "configs/demo-small.toml");
+    decoder_step(
+        c,
+        "gemma3-270m",
+        "a job whose model source is pkg:gemma3-270m",
+    );
+    model_load(c);
+    extractive_embed(c);
 }
 
 criterion_group!(benches, causal);

@@ -1,10 +1,14 @@
-//! Reading and parsing JSONL records (plain and gzip) and serializing
-//! output records: the stages that must keep up with any dump size.
+//! Reading and parsing JSONL records (plain and gzip) and writing output
+//! records (serialized and synced a window at a time, as a run does): the
+//! stages that must keep up with any dump size.
 
 use criterion::{criterion_group, Criterion, Throughput};
 use std::io::Write;
+use tidings::config::{ErrorsMode, OutputPath};
 use tidings::input::article::{parse_line, FieldMap};
 use tidings::input::reader::LineReader;
+use tidings::output::record::{Meta, OutputRecord, TranslatedFields};
+use tidings::output::writer::{Finished, Writer};
 
 fn io(c: &mut Criterion) {
     let articles = super::articles();
@@ -54,6 +58,70 @@ fn io(c: &mut Criterion) {
                 ) as usize;
             }
             n
+        })
+    });
+    g.finish();
+
+    // Output records of article size: the source text as summary, and the
+    // human references (or the text) as the Spanish and Persian fields.
+    let records: Vec<Finished> = (0..10)
+        .flat_map(|rep| articles.iter().map(move |a| (rep, a)))
+        .map(|(rep, a)| {
+            let text = a["text"].as_str().unwrap_or_default().to_string();
+            let reference = |lang: &str| {
+                a["references"][lang]
+                    .as_array()
+                    .map(|s| {
+                        s.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_else(|| text.clone())
+            };
+            let fields = |lang: &str| TranslatedFields {
+                title: a["title"].as_str().map(str::to_string),
+                summary: Some(reference(lang)),
+                text: None,
+            };
+            Finished::Ok(Box::new(OutputRecord {
+                id: format!("{}-{rep}", a["id"].as_str().unwrap_or("record")),
+                lang: "en".into(),
+                title: a["title"].as_str().map(str::to_string),
+                summary: Some(text.clone()),
+                translations: [("es", fields("es")), ("fa", fields("fa"))]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                meta: Meta {
+                    models: [("es", "m"), ("fa", "m")]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    input_tokens: 900,
+                    output_tokens: 400,
+                    elapsed_ms: 1234,
+                },
+            }))
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let mut g = c.benchmark_group("io");
+    g.throughput(Throughput::Elements(records.len() as u64));
+    g.bench_function("write records, synced every 64", |b| {
+        b.iter(|| {
+            let mut w = Writer::open(
+                &OutputPath::File(out.clone()),
+                &dir.path().join("out.errors.jsonl"),
+                ErrorsMode::File,
+                false,
+            )
+            .unwrap();
+            for window in records.chunks(64) {
+                w.write_window(window).unwrap();
+            }
+            w.written_ok
         })
     });
     g.finish();

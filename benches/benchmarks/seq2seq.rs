@@ -17,6 +17,7 @@ use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use tidings::generate::search::{self, EarlyStopping, Row, SearchConfig};
 use tidings::models::bart::{BartConfig, BartNames, BartNet, Positions};
 use tidings::models::seq2seq::{sinusoidal, Seq2SeqNet};
+use tidings::models::t5::{T5Config, T5Net};
 
 /// Seeded values in [-scale, scale) (xorshift; candle's CPU RNG cannot be seeded).
 fn seeded(shape: &[usize], seed: u64, scale: f32) -> Tensor {
@@ -128,7 +129,7 @@ fn rows(n: usize, budget: usize) -> Vec<Row> {
     (0..n)
         .map(|i| Row {
             ids: (0..24 + (i * 7) % 17)
-                .map(|j| (5 + (i * 131 + j * 17) % 60_000) as u32)
+                .map(|j| (5 + (i * 131 + j * 17) % 30_000) as u32)
                 .chain(std::iter::once(0))
                 .collect(),
             budget,
@@ -177,6 +178,74 @@ fn step_bench(c: &mut Criterion, family: &str, net: &dyn Seq2SeqNet) {
     g.finish();
 }
 
+/// `flan-t5-small` dimensions: 8+8 layers, d_model 512, 6 heads of 64,
+/// gated-gelu feed-forward 1024, vocabulary 32,128, untied head.
+const T5_CONFIG: &str = r#"{
+    "model_type": "t5", "vocab_size": 32128, "d_model": 512, "d_kv": 64,
+    "d_ff": 1024, "num_layers": 8, "num_decoder_layers": 8, "num_heads": 6,
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+    "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu",
+    "tie_word_embeddings": false, "pad_token_id": 0, "eos_token_id": 1,
+    "decoder_start_token_id": 0
+}"#;
+
+/// A T5 network of [`T5_CONFIG`]'s sizes with seeded weights, written to
+/// `dir` as safetensors and loaded the way a checkpoint is.
+fn t5(dir: &std::path::Path) -> T5Net {
+    let cfg = T5Config::parse("bench-t5", T5_CONFIG).unwrap();
+    let (d, inner, ff, v) = (cfg.d_model, cfg.inner(), cfg.d_ff, cfg.vocab_size);
+    let buckets = cfg.relative_attention_num_buckets;
+    let mut w: HashMap<String, Tensor> = HashMap::new();
+    let mut seed = 100u64;
+    let mut put = |name: String, shape: &[usize]| {
+        seed += 1;
+        let t = if name.ends_with("layer_norm.weight") {
+            Tensor::ones(shape, DType::F32, &Device::Cpu).unwrap()
+        } else {
+            seeded(shape, seed, (1.0 / shape[shape.len() - 1] as f32).sqrt())
+        };
+        w.insert(name, t);
+    };
+    put("shared.weight".into(), &[v, d]);
+    put("lm_head.weight".into(), &[v, d]);
+    for side in ["encoder", "decoder"] {
+        let layers = if side == "encoder" {
+            cfg.num_layers
+        } else {
+            cfg.num_decoder_layers
+        };
+        for i in 0..layers {
+            let p = format!("{side}.block.{i}.layer");
+            let mut attns = vec![format!("{p}.0.SelfAttention")];
+            if side == "decoder" {
+                attns.push(format!("{p}.1.EncDecAttention"));
+            }
+            for (j, a) in attns.iter().enumerate() {
+                for q in ["q", "k", "v"] {
+                    put(format!("{a}.{q}.weight"), &[inner, d]);
+                }
+                put(format!("{a}.o.weight"), &[d, inner]);
+                put(format!("{p}.{j}.layer_norm.weight"), &[d]);
+            }
+            if i == 0 {
+                put(
+                    format!("{p}.0.SelfAttention.relative_attention_bias.weight"),
+                    &[buckets, cfg.num_heads],
+                );
+            }
+            let f = attns.len();
+            put(format!("{p}.{f}.DenseReluDense.wi_0.weight"), &[ff, d]);
+            put(format!("{p}.{f}.DenseReluDense.wi_1.weight"), &[ff, d]);
+            put(format!("{p}.{f}.DenseReluDense.wo.weight"), &[d, ff]);
+            put(format!("{p}.{f}.layer_norm.weight"), &[d]);
+        }
+        put(format!("{side}.final_layer_norm.weight"), &[d]);
+    }
+    let path = dir.join("model.safetensors");
+    candle_core::safetensors::save(&w, &path).unwrap();
+    T5Net::load("bench-t5", &cfg, &path, &Device::Cpu).unwrap()
+}
+
 fn seq2seq(c: &mut Criterion) {
     let marian = bart(false, false);
     step_bench(c, "marian-opus-size", &marian);
@@ -184,6 +253,10 @@ fn seq2seq(c: &mut Criterion) {
     step_bench(c, "marian-opus-size-q8_0", &marian_q8);
     let m2m = bart(true, false);
     step_bench(c, "m2m100-opus-size", &m2m);
+    let dir = tempfile::tempdir().unwrap();
+    let t5 = t5(dir.path());
+    step_bench(c, "t5-flan-small-size", &t5);
+    drop(t5);
 
     // Whole generations: 32 sentences, 16 new tokens each.
     let mut g = c.benchmark_group("seq2seq/marian-opus-size/generate32x16");
