@@ -3,7 +3,7 @@
 //! at Qwen2.5-0.5B's feed-forward shape, 1, 32 and 200 rows), the Q4_K and
 //! Q6_K ones of Qwen2.5-1.5B (1, 8 and 200 rows); one decoder step of each
 //! packaged causal family (SmolLM2-135M for Llama, Qwen2.5-Coder-0.5B for
-//! Qwen2, Gemma 3 270M) at batch 1 and, where the family batches, 32 after
+//! Qwen2, Gemma 3 270M) at batch 1 and 32 after
 //! a 64-token prompt; loading the packaged GGUF models; and the extractive
 //! summary's sentence embeddings (all-MiniLM-L6-v2).
 //!
@@ -161,7 +161,7 @@ const STEADY_RUN: u64 = 64;
 
 /// One decoder step of a packaged GGUF model after a 64-token prompt (see
 /// [`steady_steps`]): at batch 1, and at batch 32 (32 different prompts)
-/// where the family decodes batches (Gemma 3 does not).
+/// where the family decodes batches (every packaged one does).
 fn decoder_step(c: &mut Criterion, package: &str, job: &str) {
     let Some(path) = cached(package, job) else {
         return;

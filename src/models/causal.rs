@@ -449,6 +449,88 @@ struct RowBatch {
     width: usize,
 }
 
+/// A network that decodes batches of rows (see [`CausalModel::rows_start`]).
+enum RowsNet<'a> {
+    Decoder(&'a mut decoder::Model),
+    Gemma3(&'a mut gemma3::Model),
+}
+
+impl RowsNet<'_> {
+    /// The sliding window some layers attend within, if any.
+    fn window(&self) -> Option<usize> {
+        match self {
+            RowsNet::Decoder(_) => None,
+            RowsNet::Gemma3(m) => m.window(),
+        }
+    }
+
+    /// Logits of each row's last slot. `masks` holds the additive mask
+    /// `(batch, 1, t, cached + t)` and, with a [`RowsNet::window`], the
+    /// same for the sliding-window layers.
+    fn forward_rows(
+        &mut self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        masks: &(Tensor, Option<Tensor>),
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            RowsNet::Decoder(m) => m.forward_rows(tokens, positions, &masks.0),
+            RowsNet::Gemma3(m) => {
+                let local = masks.1.as_ref().unwrap_or(&masks.0);
+                m.forward_rows(tokens, positions, &masks.0, local)
+            }
+        }
+    }
+
+    fn expand_cache(&mut self, rows: usize) -> candle_core::Result<()> {
+        match self {
+            RowsNet::Decoder(m) => m.expand_cache(rows),
+            RowsNet::Gemma3(m) => m.expand_cache(rows),
+        }
+    }
+
+    fn keep_rows(&mut self, keep: &Tensor) -> candle_core::Result<()> {
+        match self {
+            RowsNet::Decoder(m) => m.keep_rows(keep),
+            RowsNet::Gemma3(m) => m.keep_rows(keep),
+        }
+    }
+}
+
+/// Additive masks `(batch, 1, t, width)` from the keys each query may see
+/// (`visible(row, slot, key)`) and, with a sliding `window`, the same less
+/// the keys `window` or more positions behind the query
+/// (`distance(row, slot, key)`, only asked of visible keys).
+fn row_masks(
+    (b, t, width): (usize, usize, usize),
+    window: Option<usize>,
+    visible: impl Fn(usize, usize, usize) -> bool,
+    distance: impl Fn(usize, usize, usize) -> usize,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let mut global = Vec::with_capacity(b * t * width);
+    let mut local = Vec::with_capacity(if window.is_some() { b * t * width } else { 0 });
+    for row in 0..b {
+        for slot in 0..t {
+            for key in 0..width {
+                let seen = visible(row, slot, key);
+                global.push(if seen { 0.0 } else { f32::NEG_INFINITY });
+                if let Some(w) = window {
+                    let near = seen && distance(row, slot, key) < w;
+                    local.push(if near { 0.0 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+    }
+    let shape = (b, 1, t, width);
+    Ok((
+        Tensor::from_vec(global, shape, device)?,
+        window
+            .map(|_| Tensor::from_vec(local, shape, device))
+            .transpose()?,
+    ))
+}
+
 /// Why a generation ended (for logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Finish {
@@ -638,10 +720,10 @@ impl CausalModel {
     }
 
     /// Whether [`CausalModel::generate_batch`] decodes several sequences in
-    /// one pass for this file (Qwen2 and dense Llama files); other families
+    /// one pass for this file (Qwen2, dense Llama and Gemma 3 files); other families
     /// run one input at a time.
     pub fn batches(&self) -> bool {
-        matches!(self.weights, Weights::Decoder(_))
+        matches!(self.weights, Weights::Decoder(_) | Weights::Gemma3(_))
     }
 
     /// Runs one task on many inputs: sorted by prompt length and decoded
@@ -879,7 +961,7 @@ impl CausalModel {
 
     /// Starts a batch of sequences: `rests[i]` continues the one-row prefix
     /// of `common` tokens in the cache (none when `common` is 0). Returns the
-    /// logits of each row's last token. Qwen2 and Llama files only.
+    /// logits of each row's last token. Qwen2, Llama and Gemma 3 files.
     fn rows_start(&mut self, rests: &[&[u32]], common: usize) -> Result<Vec<Vec<f32>>> {
         let b = rests.len();
         let longest = rests.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -887,7 +969,6 @@ impl CausalModel {
         let mut tokens = Vec::with_capacity(b * longest);
         let mut positions = Vec::with_capacity(b * longest);
         let width = common + longest;
-        let mut mask = Vec::with_capacity(b * longest * width);
         for (rest, &pad) in rests.iter().zip(&pads) {
             for slot in 0..longest {
                 tokens.push(if slot < pad {
@@ -896,33 +977,40 @@ impl CausalModel {
                     rest[slot - pad]
                 });
                 positions.push((common + slot.saturating_sub(pad)) as u32);
-                for key in 0..width {
-                    // The prefix, the row's own earlier real slots, and
-                    // itself (so a pad slot's query has a key too).
-                    let visible = key < common || {
-                        let s = key - common;
-                        s == slot || (s < slot && s >= pad)
-                    };
-                    mask.push(if visible { 0.0 } else { f32::NEG_INFINITY });
-                }
             }
         }
+        // The prefix, the row's own earlier real slots, and itself (so a
+        // pad slot's query has a key too).
+        let visible = |row: usize, slot: usize, key: usize| {
+            key < common || {
+                let s = key - common;
+                s == slot || (s < slot && s >= pads[row])
+            }
+        };
+        let position = |row: usize, slot: usize| common + slot.saturating_sub(pads[row]);
+        let distance = |row: usize, slot: usize, key: usize| {
+            let key_pos = if key < common {
+                key
+            } else {
+                position(row, key - common)
+            };
+            position(row, slot).saturating_sub(key_pos)
+        };
         let shared = Arc::clone(&self.shared);
         let device = &shared.device;
-        let run = |model: &mut decoder::Model| -> candle_core::Result<Vec<Vec<f32>>> {
+        let run = |mut net: RowsNet<'_>| -> candle_core::Result<Vec<Vec<f32>>> {
             if common > 0 {
-                model.expand_cache(b)?;
+                net.expand_cache(b)?;
             }
+            let masks = row_masks((b, longest, width), net.window(), visible, distance, device)?;
             let tokens = Tensor::from_vec(tokens, (b, longest), device)?;
             let positions = Tensor::from_vec(positions, b * longest, device)?;
-            let mask = Tensor::from_vec(mask, (b, 1, longest, width), device)?;
-            model
-                .forward_rows(&tokens, &positions, &mask)?
+            net.forward_rows(&tokens, &positions, &masks)?
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()
         };
         let logits =
-            run(self.decoder()?).map_err(Error::candle(&shared.name, "forward pass failed"))?;
+            run(self.rows_net()?).map_err(Error::candle(&shared.name, "forward pass failed"))?;
         self.rows = Some(RowBatch {
             pad_from: common,
             pads,
@@ -941,24 +1029,27 @@ impl CausalModel {
             .ok_or_else(|| model_error(&shared.name, "no batch was started".into()))?;
         let b = tokens.len();
         batch.width += 1;
-        let width = batch.width;
-        let mut mask = vec![0f32; b * width];
-        for (k, &pad) in batch.pads.iter().enumerate() {
-            mask[k * width + batch.pad_from..k * width + batch.pad_from + pad]
-                .fill(f32::NEG_INFINITY);
-        }
-        let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let (width, pad_from) = (batch.width, batch.pad_from);
+        let pads = batch.pads.clone();
+        // Everything but the row's pad slots; a key past them sits `pad`
+        // slots after its position.
+        let visible =
+            |row: usize, _: usize, key: usize| key < pad_from || key >= pad_from + pads[row];
+        let distance = |row: usize, _: usize, key: usize| {
+            let key_pos = if key < pad_from { key } else { key - pads[row] };
+            positions[row].saturating_sub(key_pos)
+        };
+        let rows_at: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         let device = &shared.device;
-        let run = |model: &mut decoder::Model| -> candle_core::Result<Vec<Vec<f32>>> {
+        let run = |mut net: RowsNet<'_>| -> candle_core::Result<Vec<Vec<f32>>> {
+            let masks = row_masks((b, 1, width), net.window(), visible, distance, device)?;
             let tokens = Tensor::from_vec(tokens.to_vec(), (b, 1), device)?;
-            let positions = Tensor::from_vec(positions, b, device)?;
-            let mask = Tensor::from_vec(mask, (b, 1, 1, width), device)?;
-            model
-                .forward_rows(&tokens, &positions, &mask)?
+            let positions = Tensor::from_vec(rows_at, b, device)?;
+            net.forward_rows(&tokens, &positions, &masks)?
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()
         };
-        run(self.decoder()?).map_err(Error::candle(&shared.name, "forward pass failed"))
+        run(self.rows_net()?).map_err(Error::candle(&shared.name, "forward pass failed"))
     }
 
     /// Keeps the cache rows `keep` of the batch (in that order).
@@ -968,16 +1059,16 @@ impl CausalModel {
             batch.pads = keep.iter().map(|&k| batch.pads[k]).collect();
         }
         let idx: Vec<u32> = keep.iter().map(|&k| k as u32).collect();
-        let run = |model: &mut decoder::Model| -> candle_core::Result<()> {
+        let run = |mut net: RowsNet<'_>| -> candle_core::Result<()> {
             let n = idx.len();
-            model.keep_rows(&Tensor::from_vec(idx, n, &shared.device)?)
+            net.keep_rows(&Tensor::from_vec(idx, n, &shared.device)?)
         };
-        run(self.decoder()?).map_err(Error::candle(&shared.name, "selecting batch rows failed"))
+        run(self.rows_net()?).map_err(Error::candle(&shared.name, "selecting batch rows failed"))
     }
 
     /// Starts new sequences, one per prompt (left-padded to the longest),
     /// and returns the logits of each prompt's last token. Low level, for
-    /// benchmarks and tests; Qwen2 and Llama files only.
+    /// benchmarks and tests; Qwen2, Llama and Gemma 3 files.
     pub fn forward_rows(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         self.weights.clear();
         let rests: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
@@ -1010,13 +1101,14 @@ impl CausalModel {
         Ok(logits)
     }
 
-    fn decoder(&mut self) -> Result<&mut decoder::Model> {
+    fn rows_net(&mut self) -> Result<RowsNet<'_>> {
         match &mut self.weights {
-            Weights::Decoder(m) => Ok(m),
+            Weights::Decoder(m) => Ok(RowsNet::Decoder(m)),
+            Weights::Gemma3(m) => Ok(RowsNet::Gemma3(m)),
             _ => Err(model_error(
                 &self.shared.name,
                 format!(
-                    "batched decoding is implemented for Qwen2 and Llama files, not {}",
+                    "batched decoding is implemented for Qwen2, Llama and Gemma 3 files, not {}",
                     self.shared.family
                 ),
             )),
@@ -2192,7 +2284,9 @@ mod gemma3 {
     use candle_nn::Embedding;
     use candle_transformers::quantized_nn::RmsNorm;
 
-    use super::layers::{attend, causal_mask, fast_kernels, KvCache, Linear, Rope, MAX_POSITIONS};
+    use super::layers::{
+        attend, causal_mask, fast_kernels, scaled_attention, KvCache, Linear, Rope, MAX_POSITIONS,
+    };
 
     #[derive(Debug, Clone)]
     struct Layer {
@@ -2354,18 +2448,7 @@ mod gemma3 {
                     None => (&self.global_rope, global_mask.as_ref()),
                 };
                 let h = layer.attn_norm.forward(&x)?;
-                // (b, t, n * hd) -> (b, n, t, hd), normalised per head
-                let split = |y: Tensor, n: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
-                    let y = y.reshape((b, t, n, hd))?;
-                    let y = match norm {
-                        Some(norm) => norm.forward(&y)?,
-                        None => y,
-                    };
-                    y.transpose(1, 2)?.contiguous()
-                };
-                let q = split(layer.q.forward(&h)?, heads, Some(&layer.q_norm))?;
-                let k = split(layer.k.forward(&h)?, kv_heads, Some(&layer.k_norm))?;
-                let v = split(layer.v.forward(&h)?, kv_heads, None)?;
+                let (q, k, v) = layer.project(&h, (b, t), (heads, kv_heads, hd))?;
                 let q = rope.apply(&q, pos)?;
                 let k = rope.apply(&k, pos)?;
                 let y = attend(
@@ -2379,15 +2462,7 @@ mod gemma3 {
                     layer.window,
                     half_cache,
                 )?;
-                let y = layer
-                    .o
-                    .forward(&y.transpose(1, 2)?.reshape((b, t, heads * hd))?)?;
-                x = (x + layer.post_attn_norm.forward(&y)?)?;
-
-                let h = layer.ffn_norm.forward(&x)?;
-                let gated = (layer.gate.forward(&h)?.gelu()? * layer.up.forward(&h)?)?;
-                let y = layer.down.forward(&gated)?;
-                x = (x + layer.post_ffn_norm.forward(&y)?)?;
+                x = layer.finish(x, &y, (b, t), heads * hd)?;
             }
             let last = x.narrow(1, t - 1, 1)?.squeeze(1)?;
             self.head.forward(&self.norm.forward(&last)?)
@@ -2398,6 +2473,117 @@ mod gemma3 {
             for layer in &mut self.layers {
                 layer.cache = None;
             }
+        }
+
+        /// The sliding window of the local layers.
+        pub fn window(&self) -> Option<usize> {
+            self.layers.iter().find_map(|l| l.window)
+        }
+
+        /// Logits `(batch, vocab)` of the last slot of every row of `tokens`
+        /// (`(batch, t)`), each row at its own `positions` (`(batch * t)`,
+        /// `u32`, row-major); the global layers attend as the additive
+        /// `global` mask (`(batch, 1, t, cached + t)`) allows, the
+        /// sliding-window ones as `local` (the same, less the keys a window
+        /// or more behind each query).
+        pub fn forward_rows(
+            &mut self,
+            tokens: &Tensor,
+            positions: &Tensor,
+            global: &Tensor,
+            local: &Tensor,
+        ) -> Result<Tensor> {
+            let (b, t) = tokens.dims2()?;
+            let local_tables = self.local_rope.tables_at(positions, b, t)?;
+            let global_tables = self.global_rope.tables_at(positions, b, t)?;
+            let mut x = (self.embed.forward(tokens)? * self.embed_scale)?;
+            let (heads, kv_heads, hd) = (self.heads, self.kv_heads, self.head_dim);
+            let half_cache = self.half_cache;
+            for layer in &mut self.layers {
+                let (rope, tables, mask) = match layer.window {
+                    Some(_) => (&self.local_rope, &local_tables, local),
+                    None => (&self.global_rope, &global_tables, global),
+                };
+                let h = layer.attn_norm.forward(&x)?;
+                let (q, k, v) = layer.project(&h, (b, t), (heads, kv_heads, hd))?;
+                let q = rope.apply_rows(&q, tables)?;
+                let k = rope.apply_rows(&k, tables)?;
+                let (k, v) = KvCache::append(&mut layer.cache, &k, &v, half_cache)?;
+                let y = scaled_attention(&q, k, v, Some(mask), hd)?;
+                x = layer.finish(x, &y, (b, t), heads * hd)?;
+            }
+            let last = x.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
+            self.head.forward(&self.norm.forward(&last)?)
+        }
+
+        /// Repeats a one-row cache (a primed prompt prefix) for `rows` rows.
+        pub fn expand_cache(&mut self, rows: usize) -> Result<()> {
+            for layer in &mut self.layers {
+                if let Some(c) = &layer.cache {
+                    let (k, v) = c.filled()?;
+                    let k = k.repeat((rows, 1, 1, 1))?;
+                    let v = v.repeat((rows, 1, 1, 1))?;
+                    layer.cache = Some(KvCache::filled_by(k, v)?);
+                }
+            }
+            Ok(())
+        }
+
+        /// Keeps the cache rows `keep` (a `u32` index tensor), in that order.
+        pub fn keep_rows(&mut self, keep: &Tensor) -> Result<()> {
+            for layer in &mut self.layers {
+                if let Some(c) = &layer.cache {
+                    let (k, v) = c.filled()?;
+                    let k = k.contiguous()?.index_select(keep, 0)?;
+                    let v = v.contiguous()?.index_select(keep, 0)?;
+                    layer.cache = Some(KvCache::filled_by(k, v)?);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    impl Layer {
+        /// Queries, keys and values `(b, heads, t, head_dim)` of the normed
+        /// input `h`, queries and keys normalised per head.
+        fn project(
+            &self,
+            h: &Tensor,
+            (b, t): (usize, usize),
+            (heads, kv_heads, hd): (usize, usize, usize),
+        ) -> Result<(Tensor, Tensor, Tensor)> {
+            let split = |y: Tensor, n: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
+                let y = y.reshape((b, t, n, hd))?;
+                let y = match norm {
+                    Some(norm) => norm.forward(&y)?,
+                    None => y,
+                };
+                y.transpose(1, 2)?.contiguous()
+            };
+            Ok((
+                split(self.q.forward(h)?, heads, Some(&self.q_norm))?,
+                split(self.k.forward(h)?, kv_heads, Some(&self.k_norm))?,
+                split(self.v.forward(h)?, kv_heads, None)?,
+            ))
+        }
+
+        /// The residual stream `x` after the attention output `y`
+        /// (`(b, heads, t, head_dim)`) and the MLP, both post-normed.
+        fn finish(
+            &self,
+            x: Tensor,
+            y: &Tensor,
+            (b, t): (usize, usize),
+            width: usize,
+        ) -> Result<Tensor> {
+            let y = self
+                .o
+                .forward(&y.transpose(1, 2)?.reshape((b, t, width))?)?;
+            let x = (x + self.post_attn_norm.forward(&y)?)?;
+            let h = self.ffn_norm.forward(&x)?;
+            let gated = (self.gate.forward(&h)?.gelu()? * self.up.forward(&h)?)?;
+            let y = self.down.forward(&gated)?;
+            x + self.post_ffn_norm.forward(&y)?
         }
     }
 }
