@@ -2,19 +2,22 @@
 //! translation and abstractive summaries: Qwen2/2.5, Qwen3, the Llama family
 //! (Llama 2/3, SmolLM2) and Gemma 3.
 //!
-//! The family comes from the file's `general.architecture`. Qwen2 and dense
-//! Llama files run through [`decoder`], Gemma 3 through [`gemma3`]: small
-//! implementations of our own over the GGUF tensors, sharing [`layers`].
-//! Qwen3 and Llama mixtures of experts run through candle-transformers'
-//! quantized implementations. Ours exist because candle 0.11.1's
+//! The family comes from the file's `general.architecture`. Qwen2, Qwen3 and
+//! dense Llama files run through [`decoder`], Gemma 3 through [`gemma3`]:
+//! small implementations of our own over the GGUF tensors, sharing
+//! [`layers`]. Llama mixtures of experts run through candle-transformers'
+//! quantized implementation. Ours exist because candle 0.11.1's
 //! `quantized_qwen2::ModelWeights` is not `Clone` (cloning the model per
 //! worker, weights shared and KV cache per clone, is how the pipeline
-//! parallelises); its `quantized_gemma3` computes a SiLU MLP where Gemma 3
+//! parallelises); its `quantized_qwen3` preallocates a 4096-position KV
+//! buffer that every clone copies (about 1 GB for Qwen3-0.6B once used)
+//! and cannot start from a cached prompt prefix or decode batches of
+//! rows; its `quantized_gemma3` computes a SiLU MLP where Gemma 3
 //! has GELU (its logits for a plain prompt are off by about 7; see
 //! `scripts/gemma3_reference_logits.py`) and allocates 2.3 GB of rotary
 //! tables for the 270M model; its `quantized_llama` stops at 4096 positions;
 //! and none of them can take re-quantized weights (below). Tests check our
-//! decoder against candle's Qwen2 and Llama and our Gemma 3 against a NumPy
+//! decoder against candle's Qwen2, Qwen3 and Llama and our Gemma 3 against a NumPy
 //! forward pass over the dequantized file.
 //!
 //! **Re-quantization.** On x86 CPUs candle has no vectorised dot products
@@ -58,8 +61,8 @@
 //!   the input was not quoted) are removed.
 //!
 //! **Prefix reuse.** For a given task (language pair) every prompt starts with
-//! the same tokens: template, system line and instruction. For all but Qwen3
-//! the model runs that prefix once, keeps a copy of itself with the KV
+//! the same tokens: template, system line and instruction. The model runs
+//! that prefix once, keeps a copy of itself with the KV
 //! cache filled (a cheap clone: KV tensors are reference counted and grow by
 //! concatenation into new tensors, so the copy is never written), and starts
 //! every later prompt of the same task from that copy. The prompt is always
@@ -67,12 +70,9 @@
 //! tokenized prefix text, so the model sees exactly the same tokens either way,
 //! and the prompt runs as the same two chunks (prefix, rest) with reuse on or
 //! off, so reuse never changes an output (see `prefill`).
-//! Qwen3 does not use it: candle's Qwen3 KV buffer on CPU is preallocated,
-//! so a clone copies it whole; it prefills the whole prompt.
 //!
 //! **Clones.** Weights are shared between clones (`Arc`ed `QTensor`s); each
-//! clone has its own KV cache. For Qwen3 on CPU a clone also copies candle's
-//! preallocated 4096-position KV buffer (about 1 GB for Qwen3-0.6B once used).
+//! clone has its own KV cache.
 //!
 //! **Limits.** Our implementations have rotary tables for 32768 positions,
 //! candle's Llama (used for mixtures of experts) for 4096;
@@ -87,7 +87,7 @@ use std::sync::Arc;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_qwen3};
+use candle_transformers::models::quantized_llama;
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -161,11 +161,6 @@ impl Family {
             Family::Gemma3 => "gemma3",
         }
     }
-
-    /// Whether a prompt may start from a cached prefix (see the module docs).
-    fn reuses_prefix(self) -> bool {
-        !matches!(self, Family::Qwen3)
-    }
 }
 
 impl fmt::Display for Family {
@@ -182,9 +177,8 @@ impl fmt::Display for Family {
 /// The network of one family, with its KV cache.
 #[derive(Debug, Clone)]
 enum Weights {
-    /// Qwen2 and dense Llama files (ours).
+    /// Qwen2, Qwen3 and dense Llama files (ours).
     Decoder(decoder::Model),
-    Qwen3(Box<quantized_qwen3::ModelWeights>),
     /// Llama files with experts (Mixtral), through candle.
     LlamaMoe(quantized_llama::ModelWeights),
     Gemma3(gemma3::Model),
@@ -195,7 +189,6 @@ impl Weights {
     fn forward(&mut self, input: &Tensor, index_pos: usize) -> candle_core::Result<Tensor> {
         match self {
             Weights::Decoder(m) => m.forward(input, index_pos),
-            Weights::Qwen3(m) => m.forward(input, index_pos),
             Weights::LlamaMoe(m) => m.forward(input, index_pos),
             Weights::Gemma3(m) => m.forward(input, index_pos),
         }
@@ -205,7 +198,6 @@ impl Weights {
     fn clear(&mut self) {
         match self {
             Weights::Decoder(m) => m.clear_kv_cache(),
-            Weights::Qwen3(m) => m.clear_kv_cache(),
             Weights::LlamaMoe(m) => m.clear_kv_cache(),
             Weights::Gemma3(m) => m.clear_kv_cache(),
         }
@@ -622,8 +614,6 @@ impl CausalModel {
         let meta_context = meta_u32(&format!("{arch}.context_length")).unwrap_or(2048) as usize;
         let max_positions = match family {
             Family::Llama if has_experts(&content) => quantized_llama::MAX_SEQ_LEN,
-            // candle sizes its tables from the file's context length
-            Family::Qwen3 => usize::MAX,
             _ => layers::MAX_POSITIONS,
         };
         let context_length = meta_context.min(max_positions);
@@ -720,7 +710,7 @@ impl CausalModel {
     }
 
     /// Whether [`CausalModel::generate_batch`] decodes several sequences in
-    /// one pass for this file (Qwen2, dense Llama and Gemma 3 files); other families
+    /// one pass for this file (Qwen2, Qwen3, dense Llama and Gemma 3 files); other families
     /// run one input at a time.
     pub fn batches(&self) -> bool {
         matches!(self.weights, Weights::Decoder(_) | Weights::Gemma3(_))
@@ -905,10 +895,7 @@ impl CausalModel {
     fn decode_rows(&mut self, preps: &[&Prepared]) -> Result<Vec<(String, usize, Finish)>> {
         let shared = Arc::clone(&self.shared);
         let mut common = preps.iter().map(|p| p.shared_prefix).min().unwrap_or(0);
-        if !(shared.family.reuses_prefix()
-            && common >= MIN_PREFIX_TOKENS
-            && preps.iter().all(|p| common < p.prompt.len()))
-        {
+        if !(common >= MIN_PREFIX_TOKENS && preps.iter().all(|p| common < p.prompt.len())) {
             common = 0;
         }
         if common > 0 {
@@ -961,7 +948,7 @@ impl CausalModel {
 
     /// Starts a batch of sequences: `rests[i]` continues the one-row prefix
     /// of `common` tokens in the cache (none when `common` is 0). Returns the
-    /// logits of each row's last token. Qwen2, Llama and Gemma 3 files.
+    /// logits of each row's last token. Qwen2, Qwen3, dense Llama and Gemma 3 files.
     fn rows_start(&mut self, rests: &[&[u32]], common: usize) -> Result<Vec<Vec<f32>>> {
         let b = rests.len();
         let longest = rests.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -1068,7 +1055,7 @@ impl CausalModel {
 
     /// Starts new sequences, one per prompt (left-padded to the longest),
     /// and returns the logits of each prompt's last token. Low level, for
-    /// benchmarks and tests; Qwen2, Llama and Gemma 3 files.
+    /// benchmarks and tests; Qwen2, Qwen3, dense Llama and Gemma 3 files.
     pub fn forward_rows(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         self.weights.clear();
         let rests: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
@@ -1108,7 +1095,7 @@ impl CausalModel {
             _ => Err(model_error(
                 &self.shared.name,
                 format!(
-                    "batched decoding is implemented for Qwen2, Llama and Gemma 3 files, not {}",
+                    "batched decoding is implemented for Qwen2, Qwen3, dense Llama and Gemma 3 files, not {}",
                     self.shared.family
                 ),
             )),
@@ -1117,17 +1104,15 @@ impl CausalModel {
 
     /// Runs the prompt and returns the logits of its last position.
     ///
-    /// Where the family allows prefix reuse, the prompt always runs in two
-    /// chunks, the shared prefix and the rest, whether or not the prefix's
+    /// Where the shared prefix is long enough to reuse, the prompt always
+    /// runs in two chunks, the shared prefix and the rest, whether or not the prefix's
     /// KV cache comes from an earlier prompt: the same chunks give the same
     /// floats, so reuse never changes an output. (One chunk would not give
     /// bit-identical logits: quantized matmuls round activations to 8 bits,
     /// and float noise from differently shaped attention products flips
     /// some roundings; the logits then move by a few tenths.)
     fn prefill(&mut self, prompt: &[u32], shared_prefix: usize) -> Result<Vec<f32>> {
-        let chunked = self.shared.family.reuses_prefix()
-            && shared_prefix >= MIN_PREFIX_TOKENS
-            && shared_prefix < prompt.len();
+        let chunked = shared_prefix >= MIN_PREFIX_TOKENS && shared_prefix < prompt.len();
         if !chunked {
             self.weights.clear();
             return self.forward(prompt, 0);
@@ -1259,9 +1244,9 @@ fn load_weights<R: Read + Seek>(
                 )?)
             }
         }
-        Family::Qwen3 => Weights::Qwen3(Box::new(quantized_qwen3::ModelWeights::from_gguf(
-            content, reader, device,
-        )?)),
+        Family::Qwen3 => Weights::Decoder(decoder::Model::from_gguf(
+            &content, reader, device, "qwen3", options,
+        )?),
         Family::Gemma3 => {
             Weights::Gemma3(gemma3::Model::from_gguf(&content, reader, device, options)?)
         }
@@ -1503,6 +1488,9 @@ mod decoder {
     #[derive(Debug, Clone)]
     struct Attention {
         qkv: Qkv,
+        /// Qwen3's RMSNorms of each query and key head (before the rotary
+        /// embedding).
+        head_norms: Option<(RmsNorm, RmsNorm)>,
         o: Linear,
         heads: usize,
         kv_heads: usize,
@@ -1522,6 +1510,7 @@ mod decoder {
         ) -> Result<Tensor> {
             let (b, t, _) = x.dims3()?;
             let (q, k, v) = self.project(x)?;
+            let (q, k) = self.norm_heads(q, k)?;
             let q = rope.apply(&q, pos)?;
             let k = rope.apply(&k, pos)?;
             let y = attend(
@@ -1559,11 +1548,21 @@ mod decoder {
         ) -> Result<Tensor> {
             let (b, t, _) = x.dims3()?;
             let (q, k, v) = self.project(x)?;
+            let (q, k) = self.norm_heads(q, k)?;
             let q = rope.apply_rows(&q, tables)?;
             let k = rope.apply_rows(&k, tables)?;
             let (k, v) = KvCache::append(&mut self.cache, &k, &v, self.half_cache)?;
             let y = scaled_attention(&q, k, v, Some(mask), self.head_dim)?;
             self.output(&y, b, t)
+        }
+
+        /// `q`, `k` (`(batch, heads, t, head_dim)`) with each head
+        /// RMS-normed where the family does so (Qwen3).
+        fn norm_heads(&self, q: Tensor, k: Tensor) -> Result<(Tensor, Tensor)> {
+            match &self.head_norms {
+                Some((qn, kn)) => Ok((qn.forward(&q)?, kn.forward(&k)?)),
+                None => Ok((q, k)),
+            }
         }
 
         /// Queries, keys and values `(batch, heads, t, head_dim)` of `x`.
@@ -1702,9 +1701,10 @@ mod decoder {
     }
 
     impl Model {
-        /// Reads the `{arch}.*` hyper-parameters (`arch` is `qwen2` or
-        /// `llama`) and the llama.cpp-named tensors (`token_embd.weight`,
-        /// `blk.N.attn_q.weight`, ...).
+        /// Reads the `{arch}.*` hyper-parameters (`arch` is `qwen2`,
+        /// `qwen3` or `llama`) and the llama.cpp-named tensors
+        /// (`token_embd.weight`, `blk.N.attn_q.weight`, ...; Qwen3's
+        /// `blk.N.attn_q_norm.weight` and `attn_k_norm.weight` where present).
         pub fn from_gguf<R: Read + Seek>(
             ct: &Content,
             reader: &mut R,
@@ -1795,8 +1795,20 @@ mod decoder {
                     }
                     _ => Qkv::Parts { q, k, v, biases },
                 };
+                let head_norms = if ct
+                    .tensor_infos
+                    .contains_key(&format!("blk.{i}.attn_q_norm.weight"))
+                {
+                    Some((
+                        RmsNorm::from_qtensor(w("attn_q_norm.weight")?, eps)?,
+                        RmsNorm::from_qtensor(w("attn_k_norm.weight")?, eps)?,
+                    ))
+                } else {
+                    None
+                };
                 let attn = Attention {
                     qkv,
+                    head_norms,
                     o: Linear::new(own_kernels, w("attn_output.weight")?)?,
                     heads,
                     kv_heads,

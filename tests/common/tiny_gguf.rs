@@ -92,6 +92,12 @@ pub fn write(path: &Path, spec: &Spec) -> Result<()> {
         .unwrap_or_else(|| arch.to_string());
     metadata.push(("general.architecture".into(), Value::String(general)));
     metadata.push(("general.name".into(), Value::String(format!("tiny-{arch}"))));
+    if spec.arch == Arch::Qwen3 {
+        // llama.cpp's file type "all F32": without it candle's Qwen3 (the
+        // tests' reference) builds its rotary tables in f16, which moves its
+        // logits by about 1e-4 of their scale.
+        metadata.push(("general.dtype".into(), Value::U32(0)));
+    }
     let mut hyper = |key: &str, value: Value| metadata.push((format!("{arch}.{key}"), value));
     hyper("block_count", Value::U32(BLOCKS as u32));
     hyper("context_length", Value::U32(CONTEXT));

@@ -269,7 +269,7 @@ const MANY: &[&str] = &[
 
 #[test]
 fn tiny_batched_rows_match_one_sequence_at_a_time() -> Result<()> {
-    for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
         let (_dir, mut model) = tiny(&Spec::new(arch, 9))?;
         assert!(model.batches());
         // 70 tokens: past the tiny Gemma's sliding window of 64, so its
@@ -307,7 +307,7 @@ fn tiny_batched_rows_match_one_sequence_at_a_time() -> Result<()> {
 
 #[test]
 fn tiny_generate_batch_matches_generate() -> Result<()> {
-    for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
         let (_dir, mut model) = tiny(&Spec::new(arch, 10))?;
         let mut batched = model.clone();
         let mut generated = 0;
@@ -479,12 +479,13 @@ fn unsupported_architecture_and_missing_file_are_clear_errors() -> Result<()> {
 /// Logits of candle's own implementation of a file's architecture.
 enum Reference {
     Qwen2(candle_transformers::models::quantized_qwen2::ModelWeights),
+    Qwen3(Box<candle_transformers::models::quantized_qwen3::ModelWeights>),
     Llama(candle_transformers::models::quantized_llama::ModelWeights),
 }
 
 impl Reference {
     fn load(path: &Path) -> Result<Self> {
-        use candle_transformers::models::{quantized_llama, quantized_qwen2};
+        use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
         let mut file = File::open(path)?;
         let content = Content::read(&mut file)?;
         let arch = content.metadata["general.architecture"]
@@ -496,6 +497,11 @@ impl Reference {
                 &mut file,
                 &Device::Cpu,
             )?),
+            "qwen3" => Reference::Qwen3(Box::new(quantized_qwen3::ModelWeights::from_gguf(
+                content,
+                &mut file,
+                &Device::Cpu,
+            )?)),
             "llama" => Reference::Llama(quantized_llama::ModelWeights::from_gguf(
                 content,
                 &mut file,
@@ -509,6 +515,7 @@ impl Reference {
         let input = candle_core::Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
         let logits = match self {
             Reference::Qwen2(m) => m.forward(&input, pos)?,
+            Reference::Qwen3(m) => m.forward(&input, pos)?,
             Reference::Llama(m) => m.forward(&input, pos)?,
         };
         Ok(logits.squeeze(0)?.to_vec1()?)
@@ -540,8 +547,12 @@ enum Agreement {
 }
 
 /// Our decoder against candle's implementation on the same file (weights
-/// as stored): a prompt, single-token steps, a multi-token continuation.
-/// Returns the largest KL divergence seen.
+/// as stored): a prompt, a multi-token continuation, single-token steps.
+/// (In that order: candle's Qwen3 on CPU keeps single-token steps in a
+/// cache that its multi-token chunks do not read, so a chunk after steps
+/// misses them there. Our decoder's chunks in any order are checked by
+/// `tiny_split_prefill_matches_whole_prefill`.) Returns the largest KL
+/// divergence seen.
 fn compare_with_candle(path: &Path, tokens: &[u32], agreement: Agreement) -> Result<f64> {
     let mut reference = Reference::load(path)?;
     let exact = LoadOptions {
@@ -552,7 +563,7 @@ fn compare_with_candle(path: &Path, tokens: &[u32], agreement: Agreement) -> Res
     let mut ours = CausalModel::load_with("ours", path, None, &Device::Cpu, &exact)?;
     let n = tokens.len();
     let mut worst = 0.0f64;
-    for (start, end) in [(0, n - 4), (n - 4, n - 3), (n - 3, n - 2), (n - 2, n)] {
+    for (start, end) in [(0, n - 4), (n - 4, n - 2), (n - 2, n - 1), (n - 1, n)] {
         let expected = reference.logits(&tokens[start..end], start)?;
         let got = ours.forward_logits(&tokens[start..end], start)?;
         let scale = expected.iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -575,8 +586,8 @@ fn compare_with_candle(path: &Path, tokens: &[u32], agreement: Agreement) -> Res
 }
 
 #[test]
-fn our_decoder_matches_candle_on_tiny_qwen2_and_llama() -> Result<()> {
-    for arch in [Arch::Qwen2, Arch::Llama] {
+fn our_decoder_matches_candle_on_tiny_qwen2_qwen3_and_llama() -> Result<()> {
+    for arch in [Arch::Qwen2, Arch::Qwen3, Arch::Llama] {
         for f32 in [true, false] {
             let dir = tempfile::tempdir()?;
             let path = dir.path().join("m.gguf");
@@ -588,7 +599,17 @@ fn our_decoder_matches_candle_on_tiny_qwen2_and_llama() -> Result<()> {
                 },
             )?;
             let tokens: Vec<u32> = (0..30).map(|i| (i * 13 + 5) % 280).collect();
-            compare_with_candle(&path, &tokens, Agreement::Relative(1e-5))
+            // Float weights: the same arithmetic. Q8_0 weights: candle's
+            // Qwen3 runs a decode step's attention through its own kernel,
+            // whose float noise flipped an 8-bit activation rounding here
+            // (a logit moved by 5e-4 of the largest): the distributions are
+            // compared instead.
+            let agreement = if f32 || arch != Arch::Qwen3 {
+                Agreement::Relative(1e-5)
+            } else {
+                Agreement::Distribution { max_kl: 1e-5 }
+            };
+            compare_with_candle(&path, &tokens, agreement)
                 .with_context(|| format!("{arch:?} f32={f32}"))?;
         }
     }
