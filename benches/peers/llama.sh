@@ -2,7 +2,9 @@
 # Side-by-side decoder speed: tidings against llama.cpp (llama-cpp-python,
 # built from source for this CPU) on the same GGUF files, the ones tidings
 # fetches for its packaged models: SmolLM2-135M-Instruct (Q4_1),
-# Qwen2.5-Coder-0.5B-Instruct and -1.5B-Instruct (Q4_K_M). Greedy, EOS
+# Qwen2.5-Coder-0.5B-Instruct and -1.5B-Instruct (Q4_K_M), and on request
+# Gemma 3 270M (Q4_K_M; `--models gemma3`, no job of the repository uses
+# this base model, so it is not in the default set). Greedy, EOS
 # ignored, 2 threads. For each model: prefill tokens/s of one prompt, decode
 # tokens/s at batch 1, and the aggregate decode tokens/s of several sequences
 # decoded together (one llama_decode call of one token per sequence a step).
@@ -11,7 +13,8 @@
 #       [--prompt-tokens 200] [--decode-tokens 128] [--sequences 8]
 #       [--only llama|tidings] [--setup] [--no-wait]
 #
-#   --models LIST       comma-separated, from smollm2, qwen0.5b, qwen1.5b (default all)
+#   --models LIST       comma-separated, from smollm2, qwen0.5b, qwen1.5b,
+#                       gemma3 (default smollm2,qwen0.5b,qwen1.5b)
 #   --threads N         math threads for both tools (default 2)
 #   --prompt-tokens N   prompt length, in the model's own tokens (default 200)
 #   --decode-tokens N   decode steps timed (default 128)
@@ -102,6 +105,7 @@ pkg_of() {
         smollm2) echo smollm2-135m-instruct ;;
         qwen0.5b) echo qwen2.5-coder-0.5b-instruct ;;
         qwen1.5b) echo qwen2.5-coder-1.5b-instruct ;;
+        gemma3) echo gemma3-270m ;;
         *) return 1 ;;
     esac
 }
@@ -110,14 +114,15 @@ config_of() {
         smollm2) echo configs/smollm2.toml ;;
         qwen0.5b) echo configs/demo-small.toml ;;
         qwen1.5b) echo configs/demo.toml ;;
+        gemma3) ;;
     esac
 }
 IFS=, read -r -a KEYS <<< "$MODELS"
 [ "${#KEYS[@]}" -gt 0 ] || die "--models is empty"
 for key in "${KEYS[@]}"; do
-    pkg_of "$key" > /dev/null || die "unknown model '$key' in --models (known: smollm2, qwen0.5b, qwen1.5b)"
+    pkg_of "$key" > /dev/null || die "unknown model '$key' in --models (known: smollm2, qwen0.5b, qwen1.5b, gemma3)"
     # The job configs below must name the model these configs use.
-    grep -q "source = \"pkg:$(pkg_of "$key")\"" "$ROOT/$(config_of "$key")" \
+    [ -z "$(config_of "$key")" ] || grep -q "source = \"pkg:$(pkg_of "$key")\"" "$ROOT/$(config_of "$key")" \
         || die "$(config_of "$key") no longer uses pkg:$(pkg_of "$key"); update this script"
 done
 
@@ -187,7 +192,7 @@ fi
 write_job() {
     cat > "$1" <<EOF
 # Written by benches/peers/llama.sh: tidings against llama.cpp on
-# pkg:$(pkg_of "$2") (the model of $(config_of "$2")).
+# pkg:$(pkg_of "$2")$([ -z "$(config_of "$2")" ] || echo " (the model of $(config_of "$2"))").
 [input]
 path = "$ROOT/examples/articles.jsonl"
 
