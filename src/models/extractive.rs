@@ -25,11 +25,12 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::Config as BertConfig;
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{Error, Result};
+use crate::models::bert::Encoder;
 
 /// Sequence limit when the checkpoint has no `sentence_bert_config.json`: the value
 /// all-MiniLM-L6-v2 was trained with (longer inputs were never seen in training).
@@ -61,7 +62,7 @@ pub const DUPLICATE_COSINE: f32 = 0.9;
 pub struct Extractive {
     /// The job's name for the model, put in every error.
     name: Arc<str>,
-    model: Arc<BertModel>,
+    model: Arc<Encoder>,
     /// Truncates at `max_seq_len` (special tokens included) and does not pad: for [`Self::embed`].
     tokenizer: Arc<Tokenizer>,
     /// The same vocabulary with no truncation: for [`Self::count_tokens`], which must see the
@@ -188,7 +189,7 @@ impl Extractive {
                 &format!("failed to parse `{}`", weights_path.display()),
             ),
         )?;
-        let model = BertModel::load(vb, &config).map_err(Error::candle(
+        let model = Encoder::load(vb, &config).map_err(Error::candle(
             name,
             &format!(
                 "`{}` does not hold the BERT weights config.json describes",
@@ -275,7 +276,7 @@ impl Extractive {
 
         let hidden = self
             .model
-            .forward(&ids, &type_ids, Some(&mask))
+            .forward(&ids, &type_ids, &mask)
             .map_err(err("forward pass failed"))?;
         pool_and_normalize(&hidden, &mask)
             .and_then(|t| t.to_vec2::<f32>())

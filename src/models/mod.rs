@@ -6,6 +6,7 @@
 //! Summarize and translate are data ([`Task`]), not separate model types.
 
 pub mod bart;
+pub mod bert;
 pub mod causal;
 pub mod extractive;
 pub mod f32_gemm;
