@@ -1,5 +1,5 @@
 //! Extractive summaries from sentence embeddings: the `sentence-transformers/all-MiniLM-L6-v2`
-//! model (a 6-layer, 384-wide BERT) run through `candle_transformers::models::bert`, followed by
+//! model (a 6-layer, 384-wide BERT) run through our encoder ([`crate::models::bert`]), followed by
 //! the sentence-transformers recipe that checkpoint was trained for — WordPiece tokens truncated
 //! to `max_seq_length` (256, from `sentence_bert_config.json`), mean pooling of the last hidden
 //! states over the attention mask, then L2 normalisation — so the vectors match what
