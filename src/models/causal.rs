@@ -1457,11 +1457,11 @@ mod decoder {
     use candle_core::quantized::gguf_file::{Content, Value};
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Module, Result, Tensor};
-    use candle_nn::Embedding;
     use candle_transformers::quantized_nn::RmsNorm;
 
     use super::layers::{
-        attend, causal_mask, fast_kernels, scaled_attention, KvCache, Linear, Rope, MAX_POSITIONS,
+        attend, causal_mask, fast_kernels, scaled_attention, Embed, KvCache, Linear, Rope,
+        MAX_POSITIONS,
     };
     use crate::generate::softmax::silu_in_place;
     use crate::models::q8_0::Stacked;
@@ -1692,7 +1692,7 @@ mod decoder {
     /// The whole decoder with its KV cache.
     #[derive(Debug, Clone)]
     pub struct Model {
-        embed: Embedding,
+        embed: Embed,
         layers: Vec<Layer>,
         norm: RmsNorm,
         head: Linear,
@@ -1754,12 +1754,13 @@ mod decoder {
                     Ok(t)
                 }
             };
-            let embed_q = tensor("token_embd.weight")?;
-            let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
+            let embed = Embed::new(tensor("token_embd.weight")?, hidden, device)?;
+            // A tied head reads the table again: its product keeps its own
+            // layout of the blocks.
             let head = if ct.tensor_infos.contains_key("output.weight") {
                 Linear::new(own_kernels, tensor("output.weight")?)?
             } else {
-                Linear::new(own_kernels, embed_q)?
+                Linear::new(own_kernels, tensor("token_embd.weight")?)?
             };
             let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
             let mut layers = Vec::with_capacity(blocks);
@@ -1927,10 +1928,107 @@ mod decoder {
 
 /// Pieces shared by our decoder implementations ([`qwen2`], [`gemma3`]).
 mod layers {
+    use std::sync::Arc;
+
     use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{DType, Device, Result, Tensor};
+    use candle_core::{DType, Device, Module, Result, Tensor};
+    use candle_nn::Embedding;
 
     pub use crate::models::q8_0::QLinear as Linear;
+
+    /// Token embeddings. On the CPU a block-quantized table stays in the
+    /// file's blocks and a lookup dequantizes just the rows it needs:
+    /// Qwen2.5-1.5B's 151,936 x 1,536 table is 933 MB as f32 (what candle's
+    /// `Embedding` takes) and 131 MB in its Q4_K blocks. Elsewhere, and for
+    /// float tables, the table is dequantized once. Both give the same
+    /// values (the same per-block dequantization).
+    #[derive(Debug, Clone)]
+    pub enum Embed {
+        Dense(Embedding),
+        Blocks { table: Arc<QTensor>, hidden: usize },
+    }
+
+    impl Embed {
+        pub fn new(table: QTensor, hidden: usize, device: &Device) -> Result<Self> {
+            let dtype = table.dtype();
+            let blocks = device.is_cpu()
+                && !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+                && table.shape().dims2()?.1 == hidden
+                && hidden.is_multiple_of(dtype.block_size());
+            Ok(if blocks {
+                Embed::Blocks {
+                    table: Arc::new(table),
+                    hidden,
+                }
+            } else {
+                Embed::Dense(Embedding::new(table.dequantize(device)?, hidden))
+            })
+        }
+
+        /// `(..., hidden)` embeddings of the `u32` token ids `ids`.
+        pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+            let (table, hidden) = match self {
+                Embed::Dense(e) => return e.forward(ids),
+                Embed::Blocks { table, hidden } => (table, *hidden),
+            };
+            let mut shape = ids.dims().to_vec();
+            let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+            let rows = table.shape().dims2()?.0;
+            let dtype = table.dtype();
+            let row_bytes = hidden / dtype.block_size() * dtype.type_size();
+            let data = table.data()?;
+            let mut out = vec![0f32; ids.len() * hidden];
+            for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(hidden)) {
+                let id = id as usize;
+                if id >= rows {
+                    candle_core::bail!(
+                        "token id {id} is outside the embedding table ({rows} rows)"
+                    );
+                }
+                dequantize_row(dtype, &data[id * row_bytes..][..row_bytes], dst)?;
+            }
+            shape.push(hidden);
+            Tensor::from_vec(out, shape, &Device::Cpu)
+        }
+    }
+
+    /// The values of one row of `dtype` blocks (`bytes`, the file's layout).
+    fn dequantize_row(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+        use candle_core::quantized::k_quants::*;
+        fn run<T: GgmlType>(bytes: &[u8], out: &mut [f32]) {
+            // Copied into blocks of their own alignment (a row is a few
+            // hundred bytes).
+            let n = bytes.len() / std::mem::size_of::<T>();
+            let mut blocks: Vec<T> = Vec::with_capacity(n);
+            // SAFETY: the blocks are plain old data; `n` of them fit in
+            // `bytes`, and all `n` are written before `set_len`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    blocks.as_mut_ptr() as *mut u8,
+                    n * std::mem::size_of::<T>(),
+                );
+                blocks.set_len(n);
+            }
+            T::to_float(&blocks, out);
+        }
+        match dtype {
+            GgmlDType::Q4_0 => run::<BlockQ4_0>(bytes, out),
+            GgmlDType::Q4_1 => run::<BlockQ4_1>(bytes, out),
+            GgmlDType::Q5_0 => run::<BlockQ5_0>(bytes, out),
+            GgmlDType::Q5_1 => run::<BlockQ5_1>(bytes, out),
+            GgmlDType::Q8_0 => run::<BlockQ8_0>(bytes, out),
+            GgmlDType::Q8_1 => run::<BlockQ8_1>(bytes, out),
+            GgmlDType::Q2K => run::<BlockQ2K>(bytes, out),
+            GgmlDType::Q3K => run::<BlockQ3K>(bytes, out),
+            GgmlDType::Q4K => run::<BlockQ4K>(bytes, out),
+            GgmlDType::Q5K => run::<BlockQ5K>(bytes, out),
+            GgmlDType::Q6K => run::<BlockQ6K>(bytes, out),
+            GgmlDType::Q8K => run::<BlockQ8K>(bytes, out),
+            other => candle_core::bail!("no block lookup for {other:?} embeddings"),
+        }
+        Ok(())
+    }
 
     /// Re-quantizes Q4_1, Q5_0 and Q5_1 tensors to Q8_0 on x86 CPUs.
     ///
@@ -2293,11 +2391,11 @@ mod gemma3 {
     use candle_core::quantized::gguf_file::{Content, Value};
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Module, Result, Tensor};
-    use candle_nn::Embedding;
     use candle_transformers::quantized_nn::RmsNorm;
 
     use super::layers::{
-        attend, causal_mask, fast_kernels, scaled_attention, KvCache, Linear, Rope, MAX_POSITIONS,
+        attend, causal_mask, fast_kernels, scaled_attention, Embed, KvCache, Linear, Rope,
+        MAX_POSITIONS,
     };
 
     #[derive(Debug, Clone)]
@@ -2323,7 +2421,7 @@ mod gemma3 {
     /// The whole decoder with its KV cache.
     #[derive(Debug, Clone)]
     pub struct Model {
-        embed: Embedding,
+        embed: Embed,
         embed_scale: f64,
         layers: Vec<Layer>,
         norm: RmsNorm,
@@ -2381,12 +2479,13 @@ mod gemma3 {
                     Ok(t)
                 }
             };
-            let embed_q = tensor("token_embd.weight")?;
-            let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
+            let embed = Embed::new(tensor("token_embd.weight")?, hidden, device)?;
+            // A tied head reads the table again: its product keeps its own
+            // layout of the blocks.
             let head = if ct.tensor_infos.contains_key("output.weight") {
                 Linear::new(own_kernels, tensor("output.weight")?)?
             } else {
-                Linear::new(own_kernels, embed_q)?
+                Linear::new(own_kernels, tensor("token_embd.weight")?)?
             };
             let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
             let mut layers = Vec::with_capacity(blocks);
@@ -2610,6 +2709,49 @@ mod tests {
             from: lookup("en").unwrap(),
             to: lookup("es").unwrap(),
         }
+    }
+
+    #[test]
+    fn block_embeddings_equal_the_dequantized_table() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let (rows, hidden) = (40, 256);
+        let values = crate::seeded::values(rows * hidden, 17);
+        let table = Tensor::from_vec(values, (rows, hidden), &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[[3u32, 0], [39, 3]], &Device::Cpu).unwrap();
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+            GgmlDType::Q5_0,
+        ] {
+            let q = || QTensor::quantize(&table, dtype).unwrap();
+            let blocks = layers::Embed::new(q(), hidden, &Device::Cpu).unwrap();
+            assert!(matches!(blocks, layers::Embed::Blocks { .. }), "{dtype:?}");
+            let dense = candle_nn::Embedding::new(q().dequantize(&Device::Cpu).unwrap(), hidden);
+            let got = blocks.forward(&ids).unwrap();
+            assert_eq!(got.dims(), &[2, 2, hidden]);
+            let want = candle_core::Module::forward(&dense, &ids).unwrap();
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "{dtype:?}");
+            let outside = Tensor::new(&[40u32], &Device::Cpu).unwrap();
+            let err = blocks.forward(&outside).unwrap_err().to_string();
+            assert!(err.contains("token id 40"), "{err}");
+        }
+        // float tables are dequantized once
+        let f = layers::Embed::new(
+            QTensor::quantize(&table, GgmlDType::F32).unwrap(),
+            hidden,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(matches!(f, layers::Embed::Dense(_)));
     }
 
     #[test]
