@@ -53,6 +53,10 @@ pub struct Spec {
     pub eos: Option<u32>,
     /// Overrides `general.architecture` (to test the unsupported case).
     pub architecture: Option<String>,
+    /// Width of an attention head: [`HEAD_DIM`], or another for the
+    /// families whose files give it (`attention.key_length`: Qwen3, Gemma
+    /// 3), as Qwen3-0.6B's 16 heads of 128 on a width of 1024 do.
+    pub head_dim: usize,
 }
 
 impl Spec {
@@ -63,6 +67,7 @@ impl Spec {
             f32: false,
             eos: None,
             architecture: None,
+            head_dim: HEAD_DIM,
         }
     }
 }
@@ -108,11 +113,11 @@ pub fn write(path: &Path, spec: &Spec) -> Result<()> {
     hyper("attention.layer_norm_rms_epsilon", Value::F32(1e-6));
     hyper("rope.freq_base", Value::F32(10_000.0));
     match spec.arch {
-        Arch::Llama => hyper("rope.dimension_count", Value::U32(HEAD_DIM as u32)),
+        Arch::Llama => hyper("rope.dimension_count", Value::U32(spec.head_dim as u32)),
         Arch::Qwen2 => {}
         Arch::Qwen3 | Arch::Gemma3 => {
-            hyper("attention.key_length", Value::U32(HEAD_DIM as u32));
-            hyper("attention.value_length", Value::U32(HEAD_DIM as u32));
+            hyper("attention.key_length", Value::U32(spec.head_dim as u32));
+            hyper("attention.value_length", Value::U32(spec.head_dim as u32));
         }
     }
     if spec.arch == Arch::Gemma3 {
@@ -135,7 +140,7 @@ pub fn write(path: &Path, spec: &Spec) -> Result<()> {
             Ok(())
         };
     let linear = |fan_in: usize| (3.0 / fan_in as f32).sqrt();
-    let kv = KV_HEADS * HEAD_DIM;
+    let kv = KV_HEADS * spec.head_dim;
     add(
         "token_embd.weight".into(),
         &[vocab, HIDDEN],
@@ -166,7 +171,7 @@ pub fn write(path: &Path, spec: &Spec) -> Result<()> {
         add(b("attn_norm.weight"), &[HIDDEN], 0.1, 1.0, GgmlDType::F32)?;
         add(
             b("attn_q.weight"),
-            &[HEADS * HEAD_DIM, HIDDEN],
+            &[HEADS * spec.head_dim, HIDDEN],
             linear(HIDDEN),
             0.0,
             matrix_type,
@@ -187,7 +192,7 @@ pub fn write(path: &Path, spec: &Spec) -> Result<()> {
         )?;
         add(
             b("attn_output.weight"),
-            &[HIDDEN, HEADS * HEAD_DIM],
+            &[HIDDEN, HEADS * spec.head_dim],
             linear(HIDDEN),
             0.0,
             matrix_type,
@@ -195,7 +200,7 @@ pub fn write(path: &Path, spec: &Spec) -> Result<()> {
         if spec.arch == Arch::Qwen2 {
             add(
                 b("attn_q.bias"),
-                &[HEADS * HEAD_DIM],
+                &[HEADS * spec.head_dim],
                 0.5,
                 0.0,
                 GgmlDType::F32,
@@ -206,14 +211,14 @@ pub fn write(path: &Path, spec: &Spec) -> Result<()> {
         if matches!(spec.arch, Arch::Qwen3 | Arch::Gemma3) {
             add(
                 b("attn_q_norm.weight"),
-                &[HEAD_DIM],
+                &[spec.head_dim],
                 0.1,
                 1.0,
                 GgmlDType::F32,
             )?;
             add(
                 b("attn_k_norm.weight"),
-                &[HEAD_DIM],
+                &[spec.head_dim],
                 0.1,
                 1.0,
                 GgmlDType::F32,

@@ -587,7 +587,14 @@ fn compare_with_candle(path: &Path, tokens: &[u32], agreement: Agreement) -> Res
 
 #[test]
 fn our_decoder_matches_candle_on_tiny_qwen2_qwen3_and_llama() -> Result<()> {
-    for arch in [Arch::Qwen2, Arch::Qwen3, Arch::Llama] {
+    // Qwen3 also with heads wider than `hidden / heads` (as Qwen3-0.6B's)
+    let cases = [
+        (Arch::Qwen2, tiny_gguf::HEAD_DIM),
+        (Arch::Qwen3, tiny_gguf::HEAD_DIM),
+        (Arch::Qwen3, 2 * tiny_gguf::HEAD_DIM),
+        (Arch::Llama, tiny_gguf::HEAD_DIM),
+    ];
+    for (arch, head_dim) in cases {
         for f32 in [true, false] {
             let dir = tempfile::tempdir()?;
             let path = dir.path().join("m.gguf");
@@ -595,6 +602,7 @@ fn our_decoder_matches_candle_on_tiny_qwen2_qwen3_and_llama() -> Result<()> {
                 &path,
                 &Spec {
                     f32,
+                    head_dim,
                     ..Spec::new(arch, 11)
                 },
             )?;
@@ -610,7 +618,7 @@ fn our_decoder_matches_candle_on_tiny_qwen2_qwen3_and_llama() -> Result<()> {
                 Agreement::Distribution { max_kl: 1e-5 }
             };
             compare_with_candle(&path, &tokens, agreement)
-                .with_context(|| format!("{arch:?} f32={f32}"))?;
+                .with_context(|| format!("{arch:?} head_dim={head_dim} f32={f32}"))?;
         }
     }
     Ok(())
