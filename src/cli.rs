@@ -26,7 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a job: read articles, summarize, translate, write JSONL.
     Run(RunArgs),
-    /// Run a job on (part of) its input and report stage times, throughput, peak memory
+    /// Run a job on (part of) its input and report stage times, throughput, how busy the
+    /// workers were inside model calls (end to end against the models alone), peak memory
     /// and the raw speed of its models. Writes to a temporary folder, not the job's output.
     Bench(BenchArgs),
     /// Check a job config (keys, languages, model names, model files) without running it.
