@@ -147,6 +147,8 @@ pub struct StageReport {
     /// Share of the workers' time in the stage spent inside model calls
     /// (worker seconds in calls / (workers x stage seconds)).
     pub workers_busy: f64,
+    /// Segments whose translation an earlier window made.
+    pub reused_segments: u64,
 }
 
 /// chrF of one language.
@@ -339,6 +341,7 @@ pub fn run(job: &Job, articles: Option<u64>, sizes: RawSizes) -> Result<BenchRep
                     batch_fill: (w.batch_padded_tokens > 0)
                         .then(|| w.batch_real_tokens as f64 / w.batch_padded_tokens as f64),
                     workers_busy: w.model_busy.as_secs_f64() / (workers * secs),
+                    reused_segments: w.reused_segments,
                 }
             })
             .collect(),
@@ -457,12 +460,19 @@ impl BenchReport {
         }
         if !self.model_stages.is_empty() {
             s.push_str(&format!(
-                "{:<14}{:>9}{:>11}{:>12}{:>12}{:>11}{:>8}\n",
-                "model stage", "seconds", "articles/s", "src tok/s", "gen tok/s", "fill", "busy"
+                "{:<14}{:>9}{:>11}{:>12}{:>12}{:>11}{:>8}{:>8}\n",
+                "model stage",
+                "seconds",
+                "articles/s",
+                "src tok/s",
+                "gen tok/s",
+                "fill",
+                "busy",
+                "reused"
             ));
             for m in &self.model_stages {
                 s.push_str(&format!(
-                    "  {:<12}{:>9.2}{:>11.3}{:>12.1}{:>12.1}{:>11}{:>7.1}%\n",
+                    "  {:<12}{:>9.2}{:>11.3}{:>12.1}{:>12.1}{:>11}{:>7.1}%{:>8}\n",
                     m.stage,
                     m.seconds,
                     m.articles_per_s,
@@ -471,7 +481,8 @@ impl BenchReport {
                     m.batch_fill
                         .map(|f| format!("{:.1}%", f * 100.0))
                         .unwrap_or_else(|| "-".into()),
-                    m.workers_busy * 100.0
+                    m.workers_busy * 100.0,
+                    m.reused_segments
                 ));
             }
         }

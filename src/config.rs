@@ -102,6 +102,7 @@ struct RawRuntime {
     batch_tokens: Option<usize>,
     batch_sequences: Option<usize>,
     window: Option<usize>,
+    segment_cache: Option<usize>,
 }
 
 /// Where records come from.
@@ -482,7 +483,14 @@ pub struct Runtime {
     pub batch_sequences: usize,
     /// Articles processed together (sorting, deduplication, flush unit).
     pub window: usize,
+    /// Translated segments remembered across windows, so that boilerplate
+    /// repeated through a dump is translated once (0: within a window only).
+    pub segment_cache: usize,
 }
+
+/// Segments a run remembers across windows unless the job says otherwise
+/// (`runtime.segment-cache`): at a few hundred bytes each, tens of MB.
+pub const DEFAULT_SEGMENT_CACHE: usize = 100_000;
 
 /// Input settings.
 #[derive(Debug, Clone)]
@@ -849,6 +857,7 @@ impl Validator<'_> {
                 .unwrap_or(DEFAULT_BATCH_SEQUENCES)
                 .max(1),
             window: raw.runtime.window.unwrap_or(64).max(1),
+            segment_cache: raw.runtime.segment_cache.unwrap_or(DEFAULT_SEGMENT_CACHE),
         };
 
         Ok(Job {

@@ -86,6 +86,9 @@ pub struct StageWork {
     /// whose workers never waited on the pipeline (for their next batch, for
     /// each other at the stage's end) has `workers x` its wall time here.
     pub model_busy: Duration,
+    /// Segments whose translation an earlier window made
+    /// (`runtime.segment-cache`).
+    pub reused_segments: u64,
 }
 
 impl RunStats {
@@ -101,6 +104,7 @@ impl RunStats {
         e.batch_real_tokens += w.batch_real_tokens;
         e.batch_padded_tokens += w.batch_padded_tokens;
         e.model_busy += w.model_busy;
+        e.reused_segments += w.reused_segments;
     }
 
     /// Seconds spent in model stages (summary and translations).
@@ -225,7 +229,7 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<RunStats> {
     let mut seen: HashSet<u64> = HashSet::new();
     let mut taken: u64 = 0;
     let mut raw: Vec<RawLine> = Vec::new();
-    let mut workers = Workers::new(&models, job.runtime.workers);
+    let mut workers = Workers::new(&models, job.runtime.workers, job.runtime.segment_cache);
     let window = job.runtime.window;
     let mut stream_error = None;
 
@@ -452,6 +456,7 @@ fn process_window(
                 batch_real_tokens: tally.real_tokens,
                 batch_padded_tokens: tally.padded_tokens,
                 model_busy: tally.busy,
+                reused_segments: tally.reused,
             },
         );
     };
@@ -656,8 +661,51 @@ fn translate(
         }
         uses.push(mine);
     }
-    let unit_refs: Vec<(Task, &str)> = units.iter().map(|(t, s)| (*t, s.as_str())).collect();
-    let results = workers.run(model, &unit_refs, &settings, &job.runtime);
+    // Segments an earlier window translated come from the cache (counted
+    // as no tokens, like a repeat within the window); the rest go to the
+    // model.
+    let keys: Vec<String> = units
+        .iter()
+        .map(|(task, input)| {
+            let (from, to) = match task {
+                Task::Translate { from, to } => (from.code, to.code),
+                _ => ("", ""),
+            };
+            SegmentCache::key(&model.name, from, to, input)
+        })
+        .collect();
+    let mut found: Vec<Option<UnitResult>> = keys
+        .iter()
+        .map(|k| {
+            workers.cache.get(k).map(|text| {
+                Ok((
+                    Generation {
+                        text,
+                        input_tokens: 0,
+                        output_tokens: 0,
+                    },
+                    0,
+                ))
+            })
+        })
+        .collect();
+    let misses: Vec<usize> = (0..units.len()).filter(|&i| found[i].is_none()).collect();
+    workers.tally.lock().expect("tally lock").reused += (units.len() - misses.len()) as u64;
+    let unit_refs: Vec<(Task, &str)> = misses
+        .iter()
+        .map(|&i| (units[i].0, units[i].1.as_str()))
+        .collect();
+    let fresh = workers.run(model, &unit_refs, &settings, &job.runtime);
+    for (&i, r) in misses.iter().zip(fresh) {
+        if let Ok((g, _)) = &r {
+            workers.cache.put(keys[i].clone(), g.text.clone());
+        }
+        found[i] = Some(r);
+    }
+    let results: Vec<UnitResult> = found
+        .into_iter()
+        .map(|r| r.expect("every unit has a result"))
+        .collect();
     let mut counted = vec![false; results.len()];
 
     for (a, mine) in arts.iter_mut().zip(uses) {
@@ -771,6 +819,56 @@ struct Workers {
     /// Real and padded source tokens of batched passes and the time spent
     /// in model calls since the last [`Workers::take_tally`].
     tally: Mutex<Tally>,
+    /// Translations of earlier windows.
+    cache: SegmentCache,
+}
+
+/// Translated segments remembered across windows: boilerplate repeated
+/// through a dump (bylines, "Share this article", agency credits) is
+/// translated once per run, not once per window. Keyed by model, language
+/// pair and the exact model input; at most `capacity` entries, kept in two
+/// generations: lookups search both and move a hit to the newer one; when
+/// the newer one holds half the capacity, the older one is dropped. So a
+/// segment used again within the last `capacity / 2` insertions stays.
+/// (A dozen lines; an LRU crate would add a dependency for the same
+/// bound.)
+struct SegmentCache {
+    capacity: usize,
+    newer: HashMap<String, String>,
+    older: HashMap<String, String>,
+}
+
+impl SegmentCache {
+    fn new(capacity: usize) -> Self {
+        SegmentCache {
+            capacity,
+            newer: HashMap::new(),
+            older: HashMap::new(),
+        }
+    }
+
+    fn key(model: &str, from: &str, to: &str, input: &str) -> String {
+        format!("{model}\u{1f}{from}\u{1f}{to}\u{1f}{input}")
+    }
+
+    fn get(&mut self, key: &str) -> Option<String> {
+        if let Some(v) = self.newer.get(key) {
+            return Some(v.clone());
+        }
+        let v = self.older.remove(key)?;
+        self.put(key.to_string(), v.clone());
+        Some(v)
+    }
+
+    fn put(&mut self, key: String, value: String) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.newer.len() >= self.capacity.div_ceil(2) {
+            self.older = std::mem::take(&mut self.newer);
+        }
+        self.newer.insert(key, value);
+    }
 }
 
 /// What [`Workers`] counts between two stages.
@@ -779,10 +877,12 @@ struct Tally {
     real_tokens: u64,
     padded_tokens: u64,
     busy: Duration,
+    /// Segments taken from the cache of earlier windows.
+    reused: u64,
 }
 
 impl Workers {
-    fn new(models: &HashMap<String, LoadedModel>, count: usize) -> Self {
+    fn new(models: &HashMap<String, LoadedModel>, count: usize, cache: usize) -> Self {
         let clones = models
             .iter()
             .map(|(k, m)| {
@@ -796,6 +896,7 @@ impl Workers {
             count,
             clones,
             tally: Mutex::default(),
+            cache: SegmentCache::new(cache),
         }
     }
 
@@ -1098,5 +1199,42 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SegmentCache;
+
+    #[test]
+    fn segment_cache_keeps_recent_segments_within_its_capacity() {
+        let mut c = SegmentCache::new(4);
+        for i in 0..10 {
+            c.put(format!("k{i}"), format!("v{i}"));
+            assert!(c.newer.len() + c.older.len() <= 4);
+        }
+        // the last two generations of two: k6..k9
+        assert_eq!(c.get("k9").as_deref(), Some("v9"));
+        assert_eq!(c.get("k6").as_deref(), Some("v6"));
+        assert_eq!(c.get("k5"), None);
+        // a hit in the older generation moves to the newer one and survives
+        // the next turnover
+        let mut c = SegmentCache::new(4);
+        for k in ["a", "b", "c", "d"] {
+            c.put(k.into(), k.to_uppercase());
+        }
+        assert_eq!(c.get("a").as_deref(), Some("A"));
+        c.put("e".into(), "E".into());
+        assert_eq!(c.get("a").as_deref(), Some("A"));
+        assert_eq!(c.get("b"), None);
+        // capacity 0 remembers nothing
+        let mut off = SegmentCache::new(0);
+        off.put("x".into(), "y".into());
+        assert_eq!(off.get("x"), None);
+        // keys tell models, language pairs and inputs apart
+        assert_ne!(
+            SegmentCache::key("m", "en", "es", "Hi"),
+            SegmentCache::key("m", "en", "fa", "Hi")
+        );
     }
 }

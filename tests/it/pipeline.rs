@@ -198,7 +198,14 @@ fn sigkill_during_model_work_then_resume_delivers_each_record_once() {
     }
     let input = fx.path("many.jsonl");
     std::fs::write(&input, body).unwrap();
-    let cfg = fx.job(&input, "extractive", "[runtime]\nwindow = 8\n");
+    // The articles repeat the five examples: without the segment cache off,
+    // every window after the first would find its translations there and
+    // the run would end before the kills.
+    let cfg = fx.job(
+        &input,
+        "extractive",
+        "[runtime]\nwindow = 8\nsegment-cache = 0\n",
+    );
     let mut kills = 0;
     for (round, ms) in [400u64, 900, 1500].iter().enumerate() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
@@ -235,4 +242,65 @@ fn sigkill_during_model_work_then_resume_delivers_each_record_once() {
     }
     assert_eq!(count.len(), expected, "every record present");
     assert!(count.values().all(|&c| c == 1), "no record twice");
+}
+
+#[test]
+fn segments_of_earlier_windows_are_reused_not_translated_again() {
+    let fx = Fixture::new();
+    // One article three times under other ids, one article a window.
+    let first = read_jsonl(&examples()).remove(0);
+    let mut body = String::new();
+    for id in ["a", "b", "c"] {
+        let mut r = first.clone();
+        r["id"] = id.into();
+        body.push_str(&format!("{r}\n"));
+    }
+    let input = fx.path("same.jsonl");
+    std::fs::write(&input, body).unwrap();
+    let translations = |out: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        out.iter().map(|r| r["translations"].clone()).collect()
+    };
+    let generated = |out: &[serde_json::Value]| -> Vec<u64> {
+        out.iter()
+            .map(|r| r["meta"]["output_tokens"].as_u64().unwrap())
+            .collect()
+    };
+
+    let cfg = fx.job(&input, "extractive", "[runtime]\nwindow = 1\n");
+    let o = run(&cfg, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let cached = fx.output();
+    assert_eq!(cached.len(), 3);
+    // the first window translates; the later ones find every segment
+    assert!(generated(&cached)[0] > 0);
+    assert_eq!(&generated(&cached)[1..], &[0, 0]);
+    let t = translations(&cached);
+    assert!(t[0]["es"]["text"].is_string());
+    assert!(t.iter().all(|x| *x == t[0]));
+
+    // with the cache off every window translates, to the same text
+    let cfg = fx.job(
+        &input,
+        "extractive",
+        "[runtime]\nwindow = 1\nsegment-cache = 0\n",
+    );
+    let o = run(&cfg, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let fresh = fx.output();
+    assert!(
+        generated(&fresh).iter().all(|&n| n > 0),
+        "{:?}",
+        generated(&fresh)
+    );
+    assert_eq!(translations(&fresh), t);
 }
