@@ -266,15 +266,14 @@ fn segments_of_earlier_windows_are_reused_not_translated_again() {
             .collect()
     };
 
-    let cfg = fx.job(&input, "extractive", "[runtime]\nwindow = 1\n");
-    let o = run(&cfg, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let cached = fx.output();
+    let run_with = |runtime: &str| -> Vec<serde_json::Value> {
+        let o = run(&fx.job(&input, "extractive", runtime), &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        fx.output()
+    };
+
+    let cached = run_with("[runtime]\nwindow = 1\n");
     assert_eq!(cached.len(), 3);
     // the first window translates; the later ones find every segment
     assert!(generated(&cached)[0] > 0);
@@ -284,19 +283,7 @@ fn segments_of_earlier_windows_are_reused_not_translated_again() {
     assert!(t.iter().all(|x| *x == t[0]));
 
     // with the cache off every window translates, to the same text
-    let cfg = fx.job(
-        &input,
-        "extractive",
-        "[runtime]\nwindow = 1\nsegment-cache = 0\n",
-    );
-    let o = run(&cfg, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let fresh = fx.output();
+    let fresh = run_with("[runtime]\nwindow = 1\nsegment-cache = 0\n");
     assert!(
         generated(&fresh).iter().all(|&n| n > 0),
         "{:?}",
