@@ -201,18 +201,21 @@ fn tiny_generation_follows_greedy_decoding_and_stops_at_eos() -> Result<()> {
 
 #[test]
 fn tiny_prefix_reuse_gives_the_same_output() -> Result<()> {
-    let (_dir, mut reusing) = tiny(&Spec::new(Arch::Qwen2, 4))?;
-    let mut plain = reusing.clone();
-    plain.set_prefix_reuse(false);
-    for task in [
-        translate("en", "es"),
-        translate("en", "fa"),
-        Task::Summarize { max_words: 30 },
-    ] {
-        for input in INPUTS {
-            let a = reusing.generate(task, input, &opts(16, true))?;
-            let b = plain.generate(task, input, &opts(16, true))?;
-            assert_eq!(a, b, "{task:?} {input}");
+    // Qwen3 since it runs through our decoder (its no-think template too)
+    for arch in [Arch::Qwen2, Arch::Qwen3] {
+        let (_dir, mut reusing) = tiny(&Spec::new(arch, 4))?;
+        let mut plain = reusing.clone();
+        plain.set_prefix_reuse(false);
+        for task in [
+            translate("en", "es"),
+            translate("en", "fa"),
+            Task::Summarize { max_words: 30 },
+        ] {
+            for input in INPUTS {
+                let a = reusing.generate(task, input, &opts(16, true))?;
+                let b = plain.generate(task, input, &opts(16, true))?;
+                assert_eq!(a, b, "{arch:?} {task:?} {input}");
+            }
         }
     }
     Ok(())
