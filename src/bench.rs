@@ -1,7 +1,8 @@
 //! `tidings bench`: runs a job on (a slice of) its input and reports what a
 //! user needs to size a run on their hardware: per stage the wall time,
 //! articles/s, source and generated tokens/s and batch fill (real / padded
-//! source tokens of the encoder batches); articles/min and peak RSS of the
+//! tokens of the encoder batches or of the causal models' left-padded
+//! prompts); articles/min and peak RSS of the
 //! run; the raw single-sequence speed of each causal model measured in the
 //! same process, so the pipeline's overhead shows as a ratio; and, when the
 //! input carries references (NTREX layout: `references.LANG`, a list of
@@ -142,7 +143,8 @@ pub struct StageReport {
     pub output_tokens: u64,
     /// Generated tokens per second.
     pub output_tokens_per_s: f64,
-    /// Real / padded source tokens of the encoder batches (None: not batched).
+    /// Real / padded tokens of the batches: encoder sources, or causal
+    /// prompts after their shared head (None: not batched).
     pub batch_fill: Option<f64>,
     /// Share of the workers' time in the stage spent inside model calls
     /// (worker seconds in calls / (workers x stage seconds)).

@@ -78,9 +78,10 @@ pub struct StageWork {
     pub input_tokens: u64,
     /// Tokens generated.
     pub output_tokens: u64,
-    /// Source tokens in batched encoder passes (encoder-decoder models).
+    /// Tokens of batched passes: encoder sources, causal prompts after
+    /// their shared head.
     pub batch_real_tokens: u64,
-    /// Padded source positions of those passes (`rows * longest row`).
+    /// Padded positions of those passes (`rows * longest row`).
     pub batch_padded_tokens: u64,
     /// Worker time inside model calls, summed over the workers: a stage
     /// whose workers never waited on the pipeline (for their next batch, for
@@ -987,7 +988,8 @@ impl Workers {
                     runtime.batch_tokens,
                 );
                 let took = t.elapsed();
-                self.add_call(took, 0, 0);
+                let fill = causal.take_fill();
+                self.add_call(took, fill.real_tokens, fill.padded_tokens);
                 let ms = took.as_millis() as u64 / idx.len().max(1) as u64;
                 for (&i, r) in idx.iter().zip(out) {
                     *results[i].lock().expect("result lock") = Some(r.map(|g| (g, ms)));

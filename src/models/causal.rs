@@ -92,6 +92,7 @@ use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 use crate::generate::decode::{argmax, token_budget, RepetitionGuard, StopTokens};
+use crate::models::seq2seq::Fill;
 use crate::models::{tokenizer, GenOptions, Generation, Task};
 
 /// Tokens per word assumed when turning a summary's word limit into a token
@@ -341,6 +342,10 @@ pub struct CausalModel {
     rows: Option<RowBatch>,
     /// Next positions of the sequences of [`CausalModel::forward_rows`].
     row_positions: Vec<usize>,
+    /// Real and padded prompt tokens of the batches started since the last
+    /// [`CausalModel::take_fill`] (the prompts' rests after their shared
+    /// head, which runs once).
+    fill: Fill,
 }
 
 /// One input made ready for decoding.
@@ -645,6 +650,7 @@ impl CausalModel {
             prefix_reuse: true,
             rows: None,
             row_positions: Vec::new(),
+            fill: Fill::default(),
         })
     }
 
@@ -707,6 +713,12 @@ impl CausalModel {
         };
         let (text, generated, finish) = self.decode(&p)?;
         Ok(self.finish(&p, text, generated, finish))
+    }
+
+    /// Real and padded prompt tokens of the batches decoded since the last
+    /// call (left padding of the prompts' rests; none without batching).
+    pub fn take_fill(&mut self) -> Fill {
+        std::mem::take(&mut self.fill)
     }
 
     /// Whether [`CausalModel::generate_batch`] decodes several sequences in
@@ -953,6 +965,8 @@ impl CausalModel {
         let b = rests.len();
         let longest = rests.iter().map(|r| r.len()).max().unwrap_or(0);
         let pads: Vec<usize> = rests.iter().map(|r| longest - r.len()).collect();
+        self.fill.real_tokens += rests.iter().map(|r| r.len() as u64).sum::<u64>();
+        self.fill.padded_tokens += (b * longest) as u64;
         let mut tokens = Vec::with_capacity(b * longest);
         let mut positions = Vec::with_capacity(b * longest);
         let width = common + longest;

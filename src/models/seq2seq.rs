@@ -1060,10 +1060,11 @@ pub struct Seq2SeqModel {
 /// One input's outcome from [`Seq2SeqModel::generate_batch`].
 pub type ItemResult = std::result::Result<Generation, String>;
 
-/// How full the encoder batches of a call were.
+/// How full the batches of a call were: the encoder batches of an
+/// encoder-decoder model, the left-padded prompts of a causal one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fill {
-    /// Real source tokens.
+    /// Real source (or prompt) tokens.
     pub real_tokens: u64,
     /// Padded positions (`rows * longest row`, summed over batches).
     pub padded_tokens: u64,

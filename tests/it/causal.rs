@@ -343,6 +343,23 @@ fn tiny_generate_batch_matches_generate() -> Result<()> {
 }
 
 #[test]
+fn batched_prompts_report_their_padding() -> Result<()> {
+    let (_dir, mut model) = tiny(&Spec::new(Arch::Qwen2, 12))?;
+    assert_eq!(model.take_fill(), Default::default());
+    let o = opts(4, false);
+    // one at a time: no padding to report
+    model.generate_batch(translate("en", "es"), MANY, &o, 1, 100_000);
+    assert_eq!(model.take_fill(), Default::default());
+    model.generate_batch(translate("en", "es"), MANY, &o, 16, 100_000);
+    let fill = model.take_fill();
+    assert!(fill.real_tokens > 0, "{fill:?}");
+    // MANY's inputs differ in length: some padding, never below real
+    assert!(fill.padded_tokens > fill.real_tokens, "{fill:?}");
+    assert_eq!(model.take_fill(), Default::default());
+    Ok(())
+}
+
+#[test]
 fn tiny_clones_per_worker_match_the_original() -> Result<()> {
     for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
         let (_dir, mut model) = tiny(&Spec::new(arch, 6))?;
