@@ -10,8 +10,9 @@
 //! kernel where it runs; query, key and value as one product) and GELU is
 //! [`gelu_erf_in_place`]. The arithmetic is the published one: embeddings
 //! (word + absolute position + token type) and LayerNorm; per layer,
-//! self-attention with the padding mask added as `f32::MIN` (as
-//! `transformers` does), output projection, residual and LayerNorm, then
+//! self-attention with the padding mask as an additive key bias (the
+//! encoder-decoder families' [`key_bias`] and [`attend`]), output
+//! projection, residual and LayerNorm, then
 //! the feed-forward block with its residual and LayerNorm.
 
 use candle_core::{DType, Module, Result, Tensor, D};
@@ -20,6 +21,7 @@ use candle_transformers::models::bert::{Config, HiddenAct};
 
 use crate::generate::softmax::gelu_erf_in_place;
 use crate::models::bart::Proj;
+use crate::models::seq2seq::{attend, key_bias, merge_heads, split_heads};
 
 /// One encoder layer.
 #[derive(Clone)]
@@ -128,25 +130,18 @@ impl Encoder {
         let x = (embed(&self.word, ids)? + embed(&self.token_type, type_ids)?)?
             .broadcast_add(&self.position.narrow(0, 0, width)?)?;
         let mut x = self.embed_norm.forward(&x)?;
-        // (1 - mask) * f32::MIN, broadcast over heads and queries
-        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * (-(f32::MIN as f64)))?
-            .reshape((rows, 1, 1, width))?;
-        let (heads, d) = (self.heads, self.hidden / self.heads);
-        let scale = 1.0 / (d as f64).sqrt();
+        let bias = key_bias(mask)?;
+        let scale = 1.0 / ((self.hidden / self.heads) as f64).sqrt();
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let split = |i: usize| -> Result<Tensor> {
-                qkv.narrow(D::Minus1, i * self.hidden, self.hidden)?
-                    .reshape((rows, width, heads, d))?
-                    .transpose(1, 2)?
-                    .contiguous()
+            let part = |i: usize| -> Result<Tensor> {
+                split_heads(
+                    &qkv.narrow(D::Minus1, i * self.hidden, self.hidden)?,
+                    self.heads,
+                )
             };
-            let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
-            let y = candle_nn::ops::softmax_last_dim(&scores)?
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((rows, width, self.hidden))?;
+            let q = (part(0)? * scale)?;
+            let y = merge_heads(&attend(&q, &part(1)?, &part(2)?, Some(&bias))?)?;
             x = layer.attn_norm.forward(&(layer.out.forward(&y)? + &x)?)?;
             let h = self.activate(layer.up.forward(&x)?)?;
             x = layer.ffn_norm.forward(&(layer.down.forward(&h)? + &x)?)?;
