@@ -617,6 +617,8 @@ fn translate(
     // translated once.
     let mut index: HashMap<(&'static str, String), usize> = HashMap::new();
     let mut units: Vec<(Task, String)> = Vec::new();
+    // Each unit's key in the cache of earlier windows.
+    let mut keys: Vec<String> = Vec::new();
     let mut uses: Vec<Vec<(Slot, usize)>> = Vec::new(); // per article: (slot, unit)
     for a in arts.iter() {
         let mut mine = Vec::new();
@@ -634,6 +636,12 @@ fn translate(
             let u = *index
                 .entry((a.lang.code, input.clone()))
                 .or_insert_with(|| {
+                    keys.push(SegmentCache::key(
+                        &model.name,
+                        a.lang.code,
+                        lang.code,
+                        &input,
+                    ));
                     units.push((task, input));
                     n
                 });
@@ -665,16 +673,6 @@ fn translate(
     // Segments an earlier window translated come from the cache (counted
     // as no tokens, like a repeat within the window); the rest go to the
     // model.
-    let keys: Vec<String> = units
-        .iter()
-        .map(|(task, input)| {
-            let (from, to) = match task {
-                Task::Translate { from, to } => (from.code, to.code),
-                _ => ("", ""),
-            };
-            SegmentCache::key(&model.name, from, to, input)
-        })
-        .collect();
     let mut found: Vec<Option<UnitResult>> = keys
         .iter()
         .map(|k| {
@@ -817,8 +815,7 @@ type UnitResult = Result<(Generation, u64)>;
 struct Workers {
     count: usize,
     clones: HashMap<String, Vec<Mutex<LoadedModel>>>,
-    /// Real and padded source tokens of batched passes and the time spent
-    /// in model calls since the last [`Workers::take_tally`].
+    /// What the model calls did since the last [`Workers::take_tally`].
     tally: Mutex<Tally>,
     /// Translations of earlier windows.
     cache: SegmentCache,
@@ -875,8 +872,10 @@ impl SegmentCache {
 /// What [`Workers`] counts between two stages.
 #[derive(Debug, Clone, Copy, Default)]
 struct Tally {
+    /// Real and padded tokens of batched passes (see [`StageWork`]).
     real_tokens: u64,
     padded_tokens: u64,
+    /// Worker time inside model calls, summed over the workers.
     busy: Duration,
     /// Segments taken from the cache of earlier windows.
     reused: u64,
@@ -920,7 +919,7 @@ impl Workers {
             _ => {}
         }
         let opts = &settings.options;
-        let order = longest_first(units);
+        let order = longest_first(units.iter().map(|u| u.1));
         let results: Vec<Mutex<Option<UnitResult>>> =
             (0..units.len()).map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
@@ -959,7 +958,7 @@ impl Workers {
         settings: &crate::config::GenSettings,
         runtime: &crate::config::Runtime,
     ) -> Vec<UnitResult> {
-        let by_task = by_task(units, longest_first(units));
+        let by_task = by_task(units, longest_first(units.iter().map(|u| u.1)));
         let groups: Vec<(Task, &[usize])> = by_task
             .iter()
             .flat_map(|(task, idx)| idx.chunks(runtime.batch_sequences).map(move |g| (*task, g)))
@@ -1007,8 +1006,7 @@ impl Workers {
     /// single-threaded math per worker no core waits for another.
     fn embed(&self, ex: &Extractive, sentences: &[&str]) -> Result<Vec<Vec<f32>>> {
         let workers = self.count.max(1).min(sentences.len().max(1));
-        let mut order: Vec<usize> = (0..sentences.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(sentences[i].len()));
+        let order = longest_first(sentences.iter().copied());
         let shares: Vec<Vec<usize>> = (0..workers)
             .map(|w| order.iter().copied().skip(w).step_by(workers).collect())
             .collect();
@@ -1035,13 +1033,12 @@ impl Workers {
         Ok(out)
     }
 
-    /// Real and padded source tokens of the batched passes and the time
-    /// spent in model calls since the last call.
+    /// The tally since the last call.
     fn take_tally(&self) -> Tally {
         std::mem::take(&mut *self.tally.lock().expect("tally lock"))
     }
 
-    /// Adds one model call's time (and its encoder batch fill) to the tally.
+    /// Adds one model call's time (and its batch fill) to the tally.
     fn add_call(&self, busy: Duration, real_tokens: u64, padded_tokens: u64) {
         let mut t = self.tally.lock().expect("tally lock");
         t.busy += busy;
@@ -1060,7 +1057,7 @@ impl Workers {
         settings: &crate::config::GenSettings,
         batch_tokens: usize,
     ) -> Vec<UnitResult> {
-        let order = longest_first(units);
+        let order = longest_first(units.iter().map(|u| u.1));
         let workers = self.count.max(1).min(units.len().max(1));
         let results: Vec<Mutex<Option<UnitResult>>> =
             (0..units.len()).map(|_| Mutex::new(None)).collect();
@@ -1076,10 +1073,11 @@ impl Workers {
                 let t = Instant::now();
                 let out = s2s.generate_batch(task, &inputs, settings, batch_tokens);
                 let took = t.elapsed();
+                let fill = out.as_ref().map(|(_, fill)| *fill).unwrap_or_default();
+                self.add_call(took, fill.real_tokens, fill.padded_tokens);
                 let ms = took.as_millis() as u64 / idx.len().max(1) as u64;
                 match out {
-                    Ok((items, fill)) => {
-                        self.add_call(took, fill.real_tokens, fill.padded_tokens);
+                    Ok((items, _)) => {
                         for (&i, r) in idx.iter().zip(items) {
                             let r = r.map(|g| (g, ms)).map_err(|message| Error::Model {
                                 model: model.name.clone(),
@@ -1089,7 +1087,6 @@ impl Workers {
                         }
                     }
                     Err(e) => {
-                        self.add_call(took, 0, 0);
                         let message = format!("{:#}", chain(&e));
                         for &i in &idx {
                             *results[i].lock().expect("result lock") = Some(Err(Error::Model {
@@ -1106,10 +1103,11 @@ impl Workers {
     }
 }
 
-/// Unit indices, longest input first.
-fn longest_first(units: &[(Task, &str)]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..units.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(units[i].1.len()));
+/// Indices of the texts, longest first.
+fn longest_first<'a>(texts: impl ExactSizeIterator<Item = &'a str>) -> Vec<usize> {
+    let lens: Vec<usize> = texts.map(str::len).collect();
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
     order
 }
 
