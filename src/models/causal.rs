@@ -967,17 +967,19 @@ impl CausalModel {
         let pads: Vec<usize> = rests.iter().map(|r| longest - r.len()).collect();
         self.fill.real_tokens += rests.iter().map(|r| r.len() as u64).sum::<u64>();
         self.fill.padded_tokens += (b * longest) as u64;
+        let width = common + longest;
+        // A slot's position: pad slots take the row's first position.
+        let position = |row: usize, slot: usize| common + slot.saturating_sub(pads[row]);
         let mut tokens = Vec::with_capacity(b * longest);
         let mut positions = Vec::with_capacity(b * longest);
-        let width = common + longest;
-        for (rest, &pad) in rests.iter().zip(&pads) {
+        for (row, (rest, &pad)) in rests.iter().zip(&pads).enumerate() {
             for slot in 0..longest {
                 tokens.push(if slot < pad {
                     rest[0]
                 } else {
                     rest[slot - pad]
                 });
-                positions.push((common + slot.saturating_sub(pad)) as u32);
+                positions.push(position(row, slot) as u32);
             }
         }
         // The prefix, the row's own earlier real slots, and itself (so a
@@ -988,7 +990,6 @@ impl CausalModel {
                 s == slot || (s < slot && s >= pads[row])
             }
         };
-        let position = |row: usize, slot: usize| common + slot.saturating_sub(pads[row]);
         let distance = |row: usize, slot: usize, key: usize| {
             let key_pos = if key < common {
                 key
@@ -1474,8 +1475,8 @@ mod decoder {
     use candle_transformers::quantized_nn::RmsNorm;
 
     use super::layers::{
-        attend, causal_mask, fast_kernels, scaled_attention, Embed, KvCache, Linear, Rope,
-        MAX_POSITIONS,
+        attend, causal_mask, copy_blocks, fast_kernels, scaled_attention, Embed, KvCache, Linear,
+        Rope, MAX_POSITIONS,
     };
     use crate::generate::softmax::silu_in_place;
     use crate::models::q8_0::Stacked;
@@ -1768,14 +1769,13 @@ mod decoder {
                     Ok(t)
                 }
             };
-            let embed = Embed::new(tensor("token_embd.weight")?, hidden, device)?;
-            // A tied head reads the table again: its product keeps its own
-            // layout of the blocks.
+            let table = tensor("token_embd.weight")?;
             let head = if ct.tensor_infos.contains_key("output.weight") {
                 Linear::new(own_kernels, tensor("output.weight")?)?
             } else {
-                Linear::new(own_kernels, tensor("token_embd.weight")?)?
+                Linear::new(own_kernels, copy_blocks(&table)?)?
             };
+            let embed = Embed::new(table, hidden, device)?;
             let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
             let mut layers = Vec::with_capacity(blocks);
             for i in 0..blocks {
@@ -1944,7 +1944,7 @@ mod decoder {
 mod layers {
     use std::sync::Arc;
 
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::quantized::{GgmlDType, QStorage, QTensor};
     use candle_core::{DType, Device, Module, Result, Tensor};
     use candle_nn::Embedding;
 
@@ -2042,6 +2042,16 @@ mod layers {
             other => candle_core::bail!("no block lookup for {other:?} embeddings"),
         }
         Ok(())
+    }
+
+    /// A copy of `t` in storage of its own: a tied output head keeps its
+    /// product's layout of the blocks while [`Embed`] keeps the file's, and
+    /// the table is read (and re-quantized) once.
+    pub fn copy_blocks(t: &QTensor) -> Result<QTensor> {
+        QTensor::new(
+            QStorage::from_data(t.data()?, &t.device(), t.dtype())?,
+            t.shape().clone(),
+        )
     }
 
     /// Re-quantizes Q4_1, Q5_0 and Q5_1 tensors to Q8_0 on x86 CPUs.
@@ -2408,8 +2418,8 @@ mod gemma3 {
     use candle_transformers::quantized_nn::RmsNorm;
 
     use super::layers::{
-        attend, causal_mask, fast_kernels, scaled_attention, Embed, KvCache, Linear, Rope,
-        MAX_POSITIONS,
+        attend, causal_mask, copy_blocks, fast_kernels, scaled_attention, Embed, KvCache, Linear,
+        Rope, MAX_POSITIONS,
     };
 
     #[derive(Debug, Clone)]
@@ -2493,14 +2503,13 @@ mod gemma3 {
                     Ok(t)
                 }
             };
-            let embed = Embed::new(tensor("token_embd.weight")?, hidden, device)?;
-            // A tied head reads the table again: its product keeps its own
-            // layout of the blocks.
+            let table = tensor("token_embd.weight")?;
             let head = if ct.tensor_infos.contains_key("output.weight") {
                 Linear::new(own_kernels, tensor("output.weight")?)?
             } else {
-                Linear::new(own_kernels, tensor("token_embd.weight")?)?
+                Linear::new(own_kernels, copy_blocks(&table)?)?
             };
+            let embed = Embed::new(table, hidden, device)?;
             let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
             let mut layers = Vec::with_capacity(blocks);
             for i in 0..blocks {
