@@ -59,6 +59,9 @@ pub struct RawReport {
     pub threads: usize,
     /// Model workers.
     pub workers: usize,
+    /// Whether the allocator put its memory on huge pages
+    /// ([`crate::huge_pages`]).
+    pub huge_pages: bool,
     /// One entry per causal model of the job.
     pub raw: Vec<RawSpeed>,
 }
@@ -122,6 +125,9 @@ pub struct BenchReport {
     pub threads: usize,
     /// Model workers.
     pub workers: usize,
+    /// Whether the allocator put its memory on huge pages
+    /// ([`crate::huge_pages`]).
+    pub huge_pages: bool,
 }
 
 /// Throughput of one model stage.
@@ -247,6 +253,7 @@ pub fn raw_only(job: &Job, sizes: RawSizes) -> Result<RawReport> {
         config: job.config_path.display().to_string(),
         threads: job.runtime.threads,
         workers: job.runtime.workers,
+        huge_pages: crate::huge_pages::on(),
         raw: raw_speeds(job, sizes, FetchPolicy::Allow)?,
     })
 }
@@ -352,6 +359,7 @@ pub fn run(job: &Job, articles: Option<u64>, sizes: RawSizes) -> Result<BenchRep
         raw,
         threads: job.runtime.threads,
         workers: job.runtime.workers,
+        huge_pages: crate::huge_pages::on(),
     })
 }
 
@@ -439,7 +447,8 @@ impl BenchReport {
              (model stages {:.1}% of the run after loading)\n\
              models alone        {:.1} generated tokens/s (time inside model calls); \
              end to end / models alone = {:.3}\n\
-             tokens in/out       {} / {}\npeak RSS            {:.0} MiB\nthreads x workers   {} x {}\n",
+             tokens in/out       {} / {}\npeak RSS            {:.0} MiB\nthreads x workers   {} x {}\n\
+             huge pages          {}\n",
             self.config,
             self.articles,
             self.errors,
@@ -454,7 +463,8 @@ impl BenchReport {
             self.output_tokens,
             self.peak_rss_mib,
             self.threads,
-            self.workers
+            self.workers,
+            huge_pages_line(self.huge_pages),
         );
         s.push_str("stage               seconds\n");
         for (k, v) in &self.stages_s {
@@ -536,12 +546,25 @@ impl RawSpeed {
     }
 }
 
+/// The table's "huge pages" value.
+fn huge_pages_line(on: bool) -> &'static str {
+    if on {
+        "on (glibc.malloc.hugetlb=1)"
+    } else {
+        "off (TIDINGS_HUGE_PAGES=1 turns them on: see README, Performance)"
+    }
+}
+
 impl RawReport {
     /// The human table printed on stderr.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "config              {}\nthreads x workers   {} x {} (measured on one worker)\n",
-            self.config, self.threads, self.workers
+            "config              {}\nthreads x workers   {} x {} (measured on one worker)\n\
+             huge pages          {}\n",
+            self.config,
+            self.threads,
+            self.workers,
+            huge_pages_line(self.huge_pages),
         );
         if self.raw.is_empty() {
             s.push_str("no causal (GGUF) model in this job: nothing to measure\n");

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod huge_pages;
 pub mod input;
 pub mod merge;
 pub mod models;

@@ -11,6 +11,7 @@ use tidings::models::hub::FetchPolicy;
 use tidings::pipeline::{self, RunOptions};
 
 fn main() -> ExitCode {
+    tidings::huge_pages::restart_with_huge_pages();
     keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.verbose);

@@ -11,7 +11,7 @@
 #
 #   benches/peers/llama.sh [--models smollm2,qwen0.5b,qwen1.5b] [--threads 2]
 #       [--prompt-tokens 200] [--decode-tokens 128] [--sequences 8]
-#       [--only llama|tidings] [--setup] [--no-wait]
+#       [--only llama|tidings] [--huge-pages] [--setup] [--no-wait]
 #
 #   --models LIST       comma-separated, from smollm2, qwen0.5b, qwen1.5b,
 #                       gemma3 (default smollm2,qwen0.5b,qwen1.5b)
@@ -21,6 +21,14 @@
 #   --sequences N       sequences in the batched decode (default 8)
 #   --only X            run only llama.cpp (llama) or only tidings; the ratios
 #                       use whatever results the other left before
+#   --huge-pages        measure both tools a second time with their weights
+#                       on transparent huge pages: tidings with
+#                       TIDINGS_HUGE_PAGES=1 (src/huge_pages.rs), llama.cpp
+#                       with the weights read into memory instead of mapped
+#                       from the file (use_mmap off) and
+#                       GLIBC_TUNABLES=glibc.malloc.hugetlb=1; results in
+#                       llama-huge-pages.json and tidings-MODEL-huge-pages.json,
+#                       with their own ratios
 #   --setup             only make the venv and fetch the models, measure nothing
 #   --no-wait           do not wait for a quiet machine before each measurement
 #
@@ -57,6 +65,7 @@ SEQUENCES=8
 ONLY=""
 SETUP=0
 WAIT=1
+HUGE=0
 QUIET_LOAD=${QUIET_LOAD:-0.8}
 QUIET_WAIT=${QUIET_WAIT:-600}
 
@@ -84,6 +93,7 @@ while [ $# -gt 0 ]; do
         --sequences=*) SEQUENCES=${1#*=} ;;
         --only=*) ONLY=${1#*=} ;;
         --setup) SETUP=1 ;;
+        --huge-pages) HUGE=1 ;;
         --no-wait) WAIT=0 ;;
         -h|--help) sed -n '2,/^set -E/p' "$0" | sed '$d'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
@@ -248,6 +258,14 @@ if want llama; then
     OMP_NUM_THREADS=$THREADS "$PY" "$HERE/llama_peer.py" "${args[@]}" "${wait_args[@]}" \
         --threads "$THREADS" --prompt-tokens "$PROMPT_TOKENS" --decode-tokens "$DECODE_TOKENS" \
         --sequences "$SEQUENCES" --json "$RESULTS/llama.json"
+    if [ "$HUGE" = 1 ]; then
+        step "llama.cpp again, its weights read into memory on huge pages (use_mmap off," \
+            "GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"
+        GLIBC_TUNABLES=glibc.malloc.hugetlb=1 OMP_NUM_THREADS=$THREADS "$PY" "$HERE/llama_peer.py" \
+            "${args[@]}" "${wait_args[@]}" --no-mmap \
+            --threads "$THREADS" --prompt-tokens "$PROMPT_TOKENS" --decode-tokens "$DECODE_TOKENS" \
+            --sequences "$SEQUENCES" --json "$RESULTS/llama-huge-pages.json"
+    fi
 fi
 
 # --- tidings. -------------------------------------------------------------------
@@ -255,18 +273,25 @@ if want tidings; then
     if ! "$BIN" bench --help 2>/dev/null | grep -q -- '--raw-only'; then
         step "tidings: SKIPPED: this tidings has no \`bench --raw-only\` (see $BIN bench --help)"
     else
+        modes=("")
+        if [ "$HUGE" = 1 ]; then modes+=(-huge-pages); fi
+        for mode in "${modes[@]}"; do
         for key in "${KEYS[@]}"; do
             job=$PEERS/jobs/llama-$key.toml
-            wait_quiet "tidings $key"
-            step "tidings $key: $job"
+            hp=0
+            if [ -n "$mode" ]; then hp=1; fi
+            wait_quiet "tidings $key$mode"
+            step "tidings $key$mode: $job (TIDINGS_HUGE_PAGES=$hp)"
             "$BIN" validate --config "$job" >&2
-            "$BIN" bench --config "$job" --raw-only --prompt-tokens "$PROMPT_TOKENS" \
-                --decode-tokens "$DECODE_TOKENS" --sequences "$SEQUENCES" \
-                --json "$RESULTS/tidings-$key.json" 2> "$RESULTS/tidings-$key.log" \
-                || { cat "$RESULTS/tidings-$key.log" >&2; die "tidings bench failed ($job)"; }
-            cat "$RESULTS/tidings-$key.log" >&2
+            TIDINGS_HUGE_PAGES=$hp "$BIN" bench --config "$job" --raw-only \
+                --prompt-tokens "$PROMPT_TOKENS" --decode-tokens "$DECODE_TOKENS" \
+                --sequences "$SEQUENCES" --json "$RESULTS/tidings-$key$mode.json" \
+                2> "$RESULTS/tidings-$key$mode.log" \
+                || { cat "$RESULTS/tidings-$key$mode.log" >&2; die "tidings bench failed ($job)"; }
+            cat "$RESULTS/tidings-$key$mode.log" >&2
             read -r l1 l5 l15 _ < /proc/loadavg
-            echo "peers/llama.sh: load average after tidings $key: $l1 $l5 $l15" >&2
+            echo "peers/llama.sh: load average after tidings $key$mode: $l1 $l5 $l15" >&2
+        done
         done
     fi
 fi
@@ -279,38 +304,55 @@ d, keys = sys.argv[1], sys.argv[2:]
 def load(name):
     p = os.path.join(d, name)
     return json.load(open(p)) if os.path.exists(p) else None
-llama = load("llama.json")
-ll = {r["model"]: r for r in (llama or {}).get("results", [])}
 def ratio(a, b):
     return f"{a / b:9.2f}" if a and b else f"{'-':>9}"
 def num(x):
     return f"{x:9.1f}" if x else f"{'-':>9}"
-rows = []
-for k in keys:
-    t = load(f"tidings-{k}.json")
-    raw = (t or {}).get("raw") or []
-    t = raw[0] if raw else {}
-    l = ll.get(k, {})
-    for what in ("prompt_tokens", "decode_tokens", "sequences"):
-        if t and l and t.get(what) != l.get(what):
-            print(f"{k}: WARNING: {what} differs: tidings {t.get(what)}, llama.cpp {l.get(what)}")
-    rows.append((k, t, l))
-print(f"{'tokens/s':10} {'':>9} {'prefill':>9} {'decode':>9} {'batch':>9}")
-for k, t, l in rows:
-    for tool, r in (("tidings", t), ("llama.cpp", l)):
-        print(f"{k:10} {tool:>9} {num(r.get('prefill_tokens_per_s'))} {num(r.get('decode_tokens_per_s'))}"
-              f" {num(r.get('batch_decode_tokens_per_s'))}")
-print()
-print(f"{'ratios':10} {'prefill':>9} {'decode':>9} {'batch':>9} {'t.batch/1':>9}")
-print(f"{'':10} {'t/l':>9} {'t/l':>9} {'t/l':>9} {'':>9}")
-for k, t, l in rows:
-    print(f"{k:10} {ratio(t.get('prefill_tokens_per_s'), l.get('prefill_tokens_per_s'))}"
-          f" {ratio(t.get('decode_tokens_per_s'), l.get('decode_tokens_per_s'))}"
-          f" {ratio(t.get('batch_decode_tokens_per_s'), l.get('batch_decode_tokens_per_s'))}"
-          f" {ratio(t.get('batch_decode_tokens_per_s'), t.get('decode_tokens_per_s'))}")
+def raw(name):
+    t = load(name)
+    r = (t or {}).get("raw") or []
+    return (r[0] if r else {}), (t or {}).get("huge_pages")
+# (label, llama.cpp results, tidings results file suffix)
+pairs = [("defaults", "llama.json", ""), ("huge pages", "llama-huge-pages.json", "-huge-pages")]
+tables = []
+for label, lfile, suffix in pairs:
+    llama = load(lfile)
+    ll = {r["model"]: r for r in (llama or {}).get("results", [])}
+    rows = []
+    for k in keys:
+        t, hp = raw(f"tidings-{k}{suffix}.json")
+        l = ll.get(k, {})
+        if not t and not l:
+            continue
+        for what in ("prompt_tokens", "decode_tokens", "sequences"):
+            if t and l and t.get(what) != l.get(what):
+                print(f"{k}: WARNING: {what} differs: tidings {t.get(what)}, llama.cpp {l.get(what)}")
+        rows.append((k, t, hp, l))
+    if rows:
+        tables.append((label, llama, rows))
+for label, llama, rows in tables:
+    print(f"-- {label}")
+    print(f"{'tokens/s':10} {'':>9} {'prefill':>9} {'decode':>9} {'batch':>9}")
+    for k, t, hp, l in rows:
+        for tool, r in (("tidings", t), ("llama.cpp", l)):
+            print(f"{k:10} {tool:>9} {num(r.get('prefill_tokens_per_s'))} {num(r.get('decode_tokens_per_s'))}"
+                  f" {num(r.get('batch_decode_tokens_per_s'))}")
+    print()
+    print(f"{'ratios':10} {'prefill':>9} {'decode':>9} {'batch':>9} {'t.batch/1':>9}")
+    print(f"{'':10} {'t/l':>9} {'t/l':>9} {'t/l':>9} {'':>9}")
+    for k, t, hp, l in rows:
+        print(f"{k:10} {ratio(t.get('prefill_tokens_per_s'), l.get('prefill_tokens_per_s'))}"
+              f" {ratio(t.get('decode_tokens_per_s'), l.get('decode_tokens_per_s'))}"
+              f" {ratio(t.get('batch_decode_tokens_per_s'), l.get('batch_decode_tokens_per_s'))}"
+              f" {ratio(t.get('batch_decode_tokens_per_s'), t.get('decode_tokens_per_s'))}")
+    print("tidings' weights on huge pages: " + ", ".join(
+        f"{k} {'yes' if hp else 'no' if hp is False else '?'}" for k, _, hp, _ in rows))
+    if llama:
+        print(f"llama.cpp: llama-cpp-python {llama.get('version')}, {llama.get('threads')} threads, "
+              f"mmap {'on' if llama.get('use_mmap', True) else 'off'}, "
+              f"GLIBC_TUNABLES '{llama.get('glibc_tunables', '')}'")
+    print()
 print("t/l: tidings / llama.cpp (above 1: tidings is faster); t.batch/1: tidings' batched"
       " aggregate / its batch-1 decode; '-': no result")
-if llama:
-    print(f"llama.cpp: llama-cpp-python {llama.get('version')}, {llama.get('threads')} threads")
 EOF
 echo "peers/llama.sh: done in $((SECONDS - T0)) s" >&2

@@ -155,9 +155,10 @@ class Batch:
 
 
 class Model:
-    def __init__(self, path, threads, n_prompt, n_decode, kv_unified):
+    def __init__(self, path, threads, n_prompt, n_decode, kv_unified, mmap=True):
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = 0
+        mp.use_mmap = mmap
         self.model = L.llama_model_load_from_file(path.encode(), mp)
         if not self.model:
             raise RuntimeError(f"cannot load {path}")
@@ -277,7 +278,7 @@ def run_batched(m, ctx, batch, prompts, steps):
 def measure(key, path, a):
     print(f"\n-- llama.cpp {key}: {path}", file=sys.stderr, flush=True)
     t_load = time.perf_counter()
-    m = Model(path, a.threads, a.prompt_tokens, a.decode_tokens, a.kv_unified)
+    m = Model(path, a.threads, a.prompt_tokens, a.decode_tokens, a.kv_unified, mmap=not a.no_mmap)
     print(f"llama_peer: {m.desc}, {m.n_params / 1e6:.0f} M parameters, loaded in "
           f"{time.perf_counter() - t_load:.1f} s", file=sys.stderr)
     s = a.sequences
@@ -362,6 +363,10 @@ def main():
     ap.add_argument("--kv-unified", action="store_true",
                     help="one KV buffer for all sequences (default: one stream per sequence, "
                          "llama.cpp's advice for sequences that share no prefix)")
+    ap.add_argument("--no-mmap", action="store_true",
+                    help="read the weights into memory llama.cpp allocates instead of mapping the "
+                         "file (with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 that memory is on huge "
+                         "pages, as tidings' is)")
     ap.add_argument("--quiet-load", type=float, default=0.8)
     ap.add_argument("--quiet-wait", type=int, default=600, help="0: do not wait")
     ap.add_argument("--json", required=True)
@@ -379,12 +384,14 @@ def main():
                 if line.startswith("model name")), platform.processor())
     out = {"tool": "llama.cpp", "version": L.__version__, "threads": a.threads,
            "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens, "sequences": a.sequences,
-           "kv_unified": a.kv_unified, "cpu": cpu, "cores": os.cpu_count(),
+           "kv_unified": a.kv_unified, "use_mmap": not a.no_mmap,
+           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "cpu": cpu, "cores": os.cpu_count(),
            "system_info": L.llama_print_system_info().decode().strip(),
            "quiet_load": a.quiet_load, "results": []}
     # Keep an earlier run's results for the models not measured now, when it
     # measured the same thing.
-    same = ("threads", "prompt_tokens", "decode_tokens", "sequences", "kv_unified", "version")
+    same = ("threads", "prompt_tokens", "decode_tokens", "sequences", "kv_unified", "version",
+            "use_mmap", "glibc_tunables")
     if os.path.exists(a.json):
         try:
             old = json.load(open(a.json))

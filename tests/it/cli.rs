@@ -360,3 +360,51 @@ fn sigkill_at_any_point_then_resume_loses_and_doubles_nothing() {
     assert_eq!(seen.len(), n, "every record present");
     assert!(seen.values().all(|&c| c == 1), "no record twice");
 }
+
+/// The binary restarts itself with glibc's huge-page tunable
+/// (src/huge_pages.rs) where asked to, keeps a user's own tunables and
+/// choice, and `tidings bench` says which it ran with.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_weights_go_on_huge_pages_where_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), article(1)).unwrap();
+    let config = job(dir.path(), "in.jsonl", "");
+    let json = dir.path().join("bench.json");
+    let on = ("TIDINGS_HUGE_PAGES", "1");
+    let cases: [(&[(&str, &str)], bool); 6] = [
+        (&[], false),
+        (&[on], true),
+        (&[("TIDINGS_HUGE_PAGES", "0")], false),
+        (&[on, ("GLIBC_TUNABLES", "glibc.malloc.check=0")], true),
+        (&[on, ("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")], false),
+        (&[("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")], true),
+    ];
+    for (env, on) in cases {
+        let mut c = bin();
+        c.env_remove("TIDINGS_HUGE_PAGES")
+            .env_remove("GLIBC_TUNABLES");
+        c.envs(env.iter().copied());
+        let o = c
+            .args(["bench", "--raw-only", "--config"])
+            .arg(&config)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{env:?}: {}", stderr(&o));
+        let want = if on {
+            "huge pages          on"
+        } else {
+            "huge pages          off"
+        };
+        assert!(
+            stderr(&o).contains(want),
+            "{env:?}: want {want:?} in {}",
+            stderr(&o)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["huge_pages"], on, "{env:?}");
+    }
+}
