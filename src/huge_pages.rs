@@ -56,8 +56,9 @@ pub fn on() -> bool {
 
 /// Restarts the process with [`TUNABLE`] (see the module documentation)
 /// where `TIDINGS_HUGE_PAGES=1`, unless `GLIBC_TUNABLES` sets
-/// `glibc.malloc.hugetlb` already, this is not Linux with glibc, or the
-/// process runs with elevated privileges (where glibc ignores tunables).
+/// `glibc.malloc.hugetlb` already, this is not Linux with glibc, the
+/// kernel's transparent huge pages are `never`, or the process runs with
+/// elevated privileges (where glibc ignores tunables).
 /// In the restarted process, restores `GLIBC_TUNABLES`. Call it
 /// before any other thread starts; where `exec` fails, the process goes on
 /// without huge pages.
@@ -89,6 +90,12 @@ pub fn restart_with_huge_pages() {
         // SAFETY: getauxval reads the process's auxiliary vector.
         let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
         if secure || std::env::var_os(SWITCH).is_none_or(|v| v != "1") {
+            return;
+        }
+        // Where the kernel gives no transparent huge pages, the tunable
+        // would change nothing and `tidings bench` would say "on".
+        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+        if mode.is_ok_and(|m| m.contains("[never]")) {
             return;
         }
         let Ok(exe) = std::env::current_exe() else {
