@@ -79,8 +79,7 @@
 //! [`CausalModel::context_length`] reports the file's context capped by that.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{BufReader, Read, Seek};
+use std::io::{Read, Seek};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -92,6 +91,7 @@ use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 use crate::generate::decode::{argmax, token_budget, RepetitionGuard, StopTokens};
+use crate::models::gguf_reader::GgufReader;
 use crate::models::seq2seq::Fill;
 use crate::models::{tokenizer, GenOptions, Generation, Task};
 
@@ -559,8 +559,7 @@ impl CausalModel {
         device: &Device,
         options: &LoadOptions,
     ) -> Result<Self> {
-        let file = File::open(gguf).map_err(Error::io("failed to open", gguf))?;
-        let mut reader = BufReader::new(file);
+        let mut reader = GgufReader::open(gguf).map_err(Error::io("failed to open", gguf))?;
         let content = Content::read(&mut reader).map_err(Error::candle(
             name,
             &format!("failed to read the GGUF header of `{}`", gguf.display()),

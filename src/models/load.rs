@@ -243,7 +243,7 @@ pub fn is_causal(spec: &ModelSpec, policy: FetchPolicy) -> Result<bool> {
 /// The `general.architecture` of a GGUF file (`None` when unreadable; the
 /// causal loader then reports the problem).
 fn gguf_architecture(path: &std::path::Path) -> Option<String> {
-    let mut f = std::fs::File::open(path).ok()?;
+    let mut f = gguf_reader::GgufReader::open(path).ok()?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).ok()?;
     content
         .metadata

@@ -10,6 +10,7 @@ pub mod bert;
 pub mod causal;
 pub mod extractive;
 pub mod f32_gemm;
+pub mod gguf_reader;
 pub mod hub;
 pub mod int8_rows;
 pub mod kquant;

@@ -61,6 +61,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
+
+use super::gguf_reader::GgufReader;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
@@ -458,7 +460,7 @@ enum Source {
     Safetensors(MmapedSafetensors),
     Gguf {
         content: gguf_file::Content,
-        file: File,
+        file: GgufReader<File>,
     },
 }
 
@@ -479,7 +481,7 @@ impl<'a> Loader<'a> {
         let candle_err =
             |what: &str| Error::candle(model, &format!("cannot open {what} `{}`", path.display()));
         let source = if name.ends_with(".gguf") {
-            let mut file = File::open(path).map_err(Error::io("cannot open", path))?;
+            let mut file = GgufReader::open(path).map_err(Error::io("cannot open", path))?;
             let content = gguf_file::Content::read(&mut file).map_err(candle_err("GGUF file"))?;
             if content.tensor_infos.contains_key("token_embd.weight") {
                 return Err(model_error(
