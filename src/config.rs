@@ -465,7 +465,8 @@ pub struct TranslateSpec {
 }
 
 /// Sequences a causal model decodes together unless the job says otherwise
-/// (`runtime.batch-sequences`; see BENCHMARKS.md for the measurement).
+/// (`runtime.batch-sequences`; BENCHMARKS.md, "Whole pipeline against the
+/// models alone", has the measurement against 16).
 pub const DEFAULT_BATCH_SEQUENCES: usize = 8;
 
 /// Runtime knobs.
