@@ -61,14 +61,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
-
-use super::gguf_reader::GgufReader;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
 use serde::Deserialize;
 use tokenizers::{AddedToken, Tokenizer};
 
+use super::gguf_reader::GgufReader;
 use super::seq2seq::{
     attend, attend_grouped, key_bias, CheckpointGeneration, DecoderState, Family, LayerState,
     OneOrMany, Seq2SeqModel, Seq2SeqNet, Seq2SeqText, SpecialIds,
