@@ -47,6 +47,22 @@ pub struct RawSpeed {
     /// New tokens per second of all sequences together, one step feeding one
     /// token to each.
     pub batch_decode_tokens_per_s: Option<f64>,
+    /// Bytes of weights one decode step of one sequence reads, in the
+    /// file's formats (every layer weight and the output head once).
+    pub step_weight_bytes: u64,
+    /// The most decode tokens/s of one sequence that the machine's measured
+    /// read bandwidth allows ([`MemoryRead`] over `step_weight_bytes`).
+    pub decode_memory_ceiling_tokens_per_s: Option<f64>,
+}
+
+/// The machine's streaming read bandwidth, measured by [`read_bandwidth`]
+/// on the threads one worker's models run on.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MemoryRead {
+    /// Threads reading.
+    pub threads: usize,
+    /// Bytes per second, in GB (10^9).
+    pub gb_per_s: f64,
 }
 
 /// `tidings bench --raw-only`: model speed without the pipeline.
@@ -64,6 +80,9 @@ pub struct RawReport {
     pub huge_pages: bool,
     /// One entry per causal model of the job.
     pub raw: Vec<RawSpeed>,
+    /// Read bandwidth, the ceiling of one-sequence decoding (measured when
+    /// the job has a causal model).
+    pub memory_read: Option<MemoryRead>,
 }
 
 /// Prompt and decode lengths of the raw measurement.
@@ -121,6 +140,9 @@ pub struct BenchReport {
     pub peak_rss_mib: f64,
     /// Raw single-sequence speed of each causal model.
     pub raw: Vec<RawSpeed>,
+    /// Read bandwidth, the ceiling of one-sequence decoding (measured when
+    /// the job has a causal model).
+    pub memory_read: Option<MemoryRead>,
     /// Math threads and workers used.
     pub threads: usize,
     /// Model workers.
@@ -243,24 +265,68 @@ pub fn raw_speed(
         sequences: sizes.sequences,
         batch_prefill_tokens_per_s: batch_prefill,
         batch_decode_tokens_per_s: batch_decode,
+        step_weight_bytes: model.step_weight_bytes(),
+        decode_memory_ceiling_tokens_per_s: None,
     })
+}
+
+/// Bytes the streaming read of [`read_bandwidth`] goes over: eight times
+/// a 32 MiB last-level cache, so the caches hold next to none of it.
+const READ_PROBE_BYTES: usize = 256 << 20;
+
+/// The machine's streaming read bandwidth on `threads` threads, in bytes
+/// per second: the best of five passes that sum a 256 MiB buffer, split
+/// evenly over the threads. A one-sequence decode step reads every weight
+/// once, so this over its weight bytes bounds its tokens/s; a figure near
+/// that bound means more threads or a faster kernel cannot help it, only
+/// fewer bytes a weight or faster memory. (A plain summing loop, which the
+/// compiler vectorizes; no crate measures this in-process.)
+pub fn read_bandwidth(threads: usize) -> f64 {
+    let words = vec![1u64; READ_PROBE_BYTES / 8];
+    let chunk = words.len().div_ceil(threads.max(1));
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let sum: u64 = std::thread::scope(|s| {
+            let parts: Vec<_> = words
+                .chunks(chunk)
+                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &w| a.wrapping_add(w))))
+                .collect();
+            parts
+                .into_iter()
+                .map(|p| p.join().unwrap_or(0))
+                .fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(sum);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    READ_PROBE_BYTES as f64 / best.max(1e-9)
 }
 
 /// The raw speed of every causal model of the job (fetched into the cache
 /// first where missing).
 pub fn raw_only(job: &Job, sizes: RawSizes) -> Result<RawReport> {
+    let (raw, memory_read) = raw_speeds(job, sizes, FetchPolicy::Allow)?;
     Ok(RawReport {
         config: job.config_path.display().to_string(),
         threads: job.runtime.threads,
         workers: job.runtime.workers,
         huge_pages: crate::huge_pages::on(),
-        raw: raw_speeds(job, sizes, FetchPolicy::Allow)?,
+        raw,
+        memory_read,
     })
 }
 
-/// [`raw_speed`] of each causal model of the job. Only causal models have a
-/// raw speed to report: the others are not loaded.
-fn raw_speeds(job: &Job, sizes: RawSizes, policy: FetchPolicy) -> Result<Vec<RawSpeed>> {
+/// [`raw_speed`] of each causal model of the job, and (when there is one)
+/// the read bandwidth on one worker's math threads, measured once the
+/// models are gone, with each model's decode ceiling filled in from it.
+/// Only causal models have a raw speed to report: the others are not
+/// loaded.
+fn raw_speeds(
+    job: &Job,
+    sizes: RawSizes,
+    policy: FetchPolicy,
+) -> Result<(Vec<RawSpeed>, Option<MemoryRead>)> {
     let device = job.runtime.device.open()?;
     let mut raw = Vec::new();
     for spec in job.used_models() {
@@ -272,7 +338,22 @@ fn raw_speeds(job: &Job, sizes: RawSizes, policy: FetchPolicy) -> Result<Vec<Raw
             raw.push(raw_speed(&spec.name, m.as_mut(), sizes)?);
         }
     }
-    Ok(raw)
+    // The bound holds for weights in main memory: on a GPU they are not.
+    if raw.is_empty() || !device.is_cpu() {
+        return Ok((raw, None));
+    }
+    let threads = crate::pipeline::math_threads(job.runtime.threads, job.runtime.workers);
+    let read = MemoryRead {
+        threads,
+        gb_per_s: read_bandwidth(threads) / 1e9,
+    };
+    for r in &mut raw {
+        if r.step_weight_bytes > 0 {
+            r.decode_memory_ceiling_tokens_per_s =
+                Some(read.gb_per_s * 1e9 / r.step_weight_bytes as f64);
+        }
+    }
+    Ok((raw, Some(read)))
 }
 
 /// Runs the benchmark: the job on at most `articles` records of its input.
@@ -294,9 +375,11 @@ pub fn run(job: &Job, articles: Option<u64>, sizes: RawSizes) -> Result<BenchRep
     };
     let _ = std::fs::remove_dir_all(&tmp);
     let stats = stats?;
+    // The run's peak, before the raw measurement loads its models again.
+    let peak_rss_mib = peak_rss_bytes() as f64 / (1024.0 * 1024.0);
 
     // Raw model speed, measured after the run in the same process.
-    let raw = raw_speeds(&job, sizes, FetchPolicy::CacheOnly)?;
+    let (raw, memory_read) = raw_speeds(&job, sizes, FetchPolicy::CacheOnly)?;
     let load = stats.stages.get("load").map_or(0.0, |d| d.as_secs_f64());
     let model_s = stats.model_seconds();
     let elapsed = stats.elapsed.as_secs_f64();
@@ -355,8 +438,9 @@ pub fn run(job: &Job, articles: Option<u64>, sizes: RawSizes) -> Result<BenchRep
             })
             .collect(),
         chrf,
-        peak_rss_mib: peak_rss_bytes() as f64 / (1024.0 * 1024.0),
+        peak_rss_mib,
         raw,
+        memory_read,
         threads: job.runtime.threads,
         workers: job.runtime.workers,
         huge_pages: crate::huge_pages::on(),
@@ -504,6 +588,7 @@ impl BenchReport {
                 c.chrf, c.articles
             ));
         }
+        s.push_str(&memory_read_line(self.memory_read));
         for r in &self.raw {
             s.push_str(&r.line());
             let best = r.batch_decode_tokens_per_s.unwrap_or(r.decode_tokens_per_s);
@@ -532,6 +617,14 @@ impl RawSpeed {
             self.decode_tokens_per_s,
             self.decode_tokens
         );
+        if let Some(ceiling) = self.decode_memory_ceiling_tokens_per_s {
+            s.push_str(&format!(
+                "  a decode step reads {:.2} GB of weights: at most {ceiling:.1} tokens/s at the \
+                 read bandwidth; decode runs at {:.0}% of that\n",
+                self.step_weight_bytes as f64 / 1e9,
+                100.0 * self.decode_tokens_per_s / ceiling.max(1e-9)
+            ));
+        }
         if let (Some(p), Some(d)) = (
             self.batch_prefill_tokens_per_s,
             self.batch_decode_tokens_per_s,
@@ -543,6 +636,19 @@ impl RawSpeed {
             ));
         }
         s
+    }
+}
+
+/// The table's line for the read bandwidth (none where not measured).
+fn memory_read_line(read: Option<MemoryRead>) -> String {
+    match read {
+        Some(r) => format!(
+            "memory read         {:.1} GB/s on {} thread{} (streaming; the ceiling of one-sequence decoding)\n",
+            r.gb_per_s,
+            r.threads,
+            if r.threads == 1 { "" } else { "s" }
+        ),
+        None => String::new(),
     }
 }
 
@@ -569,6 +675,7 @@ impl RawReport {
         if self.raw.is_empty() {
             s.push_str("no causal (GGUF) model in this job: nothing to measure\n");
         }
+        s.push_str(&memory_read_line(self.memory_read));
         for r in &self.raw {
             s.push_str(&r.line());
         }

@@ -162,6 +162,17 @@ pub fn configure_threads(threads: usize, workers: usize) {
         .build_global();
 }
 
+/// The math threads one worker's products run on: `CANDLE_NUM_THREADS`
+/// where set (by the user, or by [`configure_threads`]), else
+/// `threads / workers`.
+pub fn math_threads(threads: usize, workers: usize) -> usize {
+    std::env::var("CANDLE_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or((threads / workers.max(1)).max(1))
+}
+
 /// Loads every model the job uses, once each (fetching what is missing).
 pub fn load_models(job: &Job) -> Result<HashMap<String, LoadedModel>> {
     let device = job.runtime.device.open()?;

@@ -311,7 +311,9 @@ def num(x):
 def raw(name):
     t = load(name)
     r = (t or {}).get("raw") or []
-    return (r[0] if r else {}), (t or {}).get("huge_pages")
+    return (r[0] if r else {}), (t or {}).get("huge_pages"), (t or {}).get("memory_read")
+def share(x, ceiling):
+    return f"{100 * x / ceiling:8.0f}%" if x and ceiling else f"{'-':>9}"
 # (label, llama.cpp results, tidings results file suffix)
 pairs = [("defaults", "llama.json", ""), ("huge pages", "llama-huge-pages.json", "-huge-pages")]
 tables = []
@@ -320,39 +322,53 @@ for label, lfile, suffix in pairs:
     ll = {r["model"]: r for r in (llama or {}).get("results", [])}
     rows = []
     for k in keys:
-        t, hp = raw(f"tidings-{k}{suffix}.json")
+        t, hp, mem = raw(f"tidings-{k}{suffix}.json")
         l = ll.get(k, {})
         if not t and not l:
             continue
         for what in ("prompt_tokens", "decode_tokens", "sequences"):
             if t and l and t.get(what) != l.get(what):
                 print(f"{k}: WARNING: {what} differs: tidings {t.get(what)}, llama.cpp {l.get(what)}")
-        rows.append((k, t, hp, l))
+        rows.append((k, t, hp, l, mem))
     if rows:
         tables.append((label, llama, rows))
 for label, llama, rows in tables:
     print(f"-- {label}")
     print(f"{'tokens/s':10} {'':>9} {'prefill':>9} {'decode':>9} {'batch':>9}")
-    for k, t, hp, l in rows:
+    for k, t, hp, l, _ in rows:
         for tool, r in (("tidings", t), ("llama.cpp", l)):
             print(f"{k:10} {tool:>9} {num(r.get('prefill_tokens_per_s'))} {num(r.get('decode_tokens_per_s'))}"
                   f" {num(r.get('batch_decode_tokens_per_s'))}")
     print()
     print(f"{'ratios':10} {'prefill':>9} {'decode':>9} {'batch':>9} {'t.batch/1':>9}")
     print(f"{'':10} {'t/l':>9} {'t/l':>9} {'t/l':>9} {'':>9}")
-    for k, t, hp, l in rows:
+    for k, t, hp, l, _ in rows:
         print(f"{k:10} {ratio(t.get('prefill_tokens_per_s'), l.get('prefill_tokens_per_s'))}"
               f" {ratio(t.get('decode_tokens_per_s'), l.get('decode_tokens_per_s'))}"
               f" {ratio(t.get('batch_decode_tokens_per_s'), l.get('batch_decode_tokens_per_s'))}"
               f" {ratio(t.get('batch_decode_tokens_per_s'), t.get('decode_tokens_per_s'))}")
     print("tidings' weights on huge pages: " + ", ".join(
-        f"{k} {'yes' if hp else 'no' if hp is False else '?'}" for k, _, hp, _ in rows))
+        f"{k} {'yes' if hp else 'no' if hp is False else '?'}" for k, _, hp, _, _ in rows))
+    # One-sequence decode against the memory ceiling: the read bandwidth
+    # tidings measured (after its own measurement) over the bytes of
+    # weights a step reads. llama.cpp ran at another time: the VM drifts.
+    if any(t.get("decode_memory_ceiling_tokens_per_s") for _, t, _, _, _ in rows):
+        print()
+        print(f"{'decode/ceiling':14} {'GB/step':>8} {'GB/s':>8} {'ceiling':>9} {'tidings':>9} {'llama.cpp':>9}")
+        for k, t, hp, l, mem in rows:
+            c = t.get("decode_memory_ceiling_tokens_per_s")
+            gb = (t.get("step_weight_bytes") or 0) / 1e9
+            bw = (mem or {}).get("gb_per_s")
+            print(f"{k:14} {gb:8.2f} {bw or 0:8.1f} {num(c)} {share(t.get('decode_tokens_per_s'), c)}"
+                  f" {share(l.get('decode_tokens_per_s'), c)}")
     if llama:
         print(f"llama.cpp: llama-cpp-python {llama.get('version')}, {llama.get('threads')} threads, "
               f"mmap {'on' if llama.get('use_mmap', True) else 'off'}, "
               f"GLIBC_TUNABLES '{llama.get('glibc_tunables', '')}'")
     print()
 print("t/l: tidings / llama.cpp (above 1: tidings is faster); t.batch/1: tidings' batched"
-      " aggregate / its batch-1 decode; '-': no result")
+      " aggregate / its batch-1 decode; decode/ceiling: batch-1 decode tokens/s as a share of"
+      " the most the read bandwidth allows (GB/s measured by tidings bench, over the GB of"
+      " weights a step reads); '-': no result")
 EOF
 echo "peers/llama.sh: done in $((SECONDS - T0)) s" >&2

@@ -320,6 +320,8 @@ struct Shared {
     context_length: usize,
     device: Device,
     description: String,
+    /// [`step_weight_bytes`] of the file.
+    step_weight_bytes: u64,
 }
 
 /// The model state right after a cached prompt prefix.
@@ -622,6 +624,7 @@ impl CausalModel {
         };
         let context_length = meta_context.min(max_positions);
         let description = describe_content(family, &content, &tokenizer, context_length);
+        let step_weight_bytes = step_weight_bytes(&content, &arch);
 
         let context = format!(
             "failed to load the {family} weights from `{}`",
@@ -643,6 +646,7 @@ impl CausalModel {
                 context_length,
                 device: device.clone(),
                 description,
+                step_weight_bytes,
             }),
             weights,
             primed: Vec::new(),
@@ -691,6 +695,12 @@ impl CausalModel {
     /// Short description for `tidings models inspect`.
     pub fn describe(&self) -> String {
         self.shared.description.clone()
+    }
+
+    /// Bytes of weights one decode step of one sequence reads, in the
+    /// file's formats (see [`step_weight_bytes`]).
+    pub fn step_weight_bytes(&self) -> u64 {
+        self.shared.step_weight_bytes
     }
 
     /// Runs `tokens` through the model at positions `index_pos..` and returns
@@ -1228,6 +1238,44 @@ fn integer(v: &Value) -> Option<u32> {
         Value::I64(x) => u32::try_from(x).ok(),
         _ => None,
     }
+}
+
+/// Bytes of weights a decode step of one sequence reads, in the file's
+/// formats: every tensor once, except the token embedding table where the
+/// file has its own output head (a step looks up one row of it), and of the
+/// expert tensors of a mixture of experts only the routed share (experts
+/// used / experts). The least memory traffic such a step can have, so the
+/// machine's read bandwidth over it bounds one-sequence decoding (the KV
+/// cache comes on top: a few MB at the lengths `tidings bench` measures).
+fn step_weight_bytes(content: &Content, arch: &str) -> u64 {
+    let count = |key: &str| {
+        content
+            .metadata
+            .get(&format!("{arch}.{key}"))
+            .and_then(integer)
+            .unwrap_or(0) as f64
+    };
+    let (experts, used) = (count("expert_count"), count("expert_used_count"));
+    let routed = if experts > 1.0 && used > 0.0 {
+        used / experts
+    } else {
+        1.0
+    };
+    let own_head = content.tensor_infos.contains_key("output.weight");
+    content
+        .tensor_infos
+        .iter()
+        .filter(|(name, _)| !(own_head && name.as_str() == "token_embd.weight"))
+        .map(|(name, info)| {
+            let dtype = info.ggml_dtype;
+            let bytes = (info.shape.elem_count() / dtype.block_size() * dtype.type_size()) as f64;
+            if name.contains("_exps.") {
+                bytes * routed
+            } else {
+                bytes
+            }
+        })
+        .sum::<f64>() as u64
 }
 
 /// Whether a Llama-architecture file is a mixture of experts (Mixtral).
@@ -2725,6 +2773,70 @@ mod gemma3 {
 mod tests {
     use super::*;
     use crate::text::langid::lookup;
+
+    /// A header with these tensors (name, dtype, shape) and metadata.
+    fn content(tensors: &[(&str, GgmlDType, &[usize])], meta: &[(&str, u32)]) -> Content {
+        use candle_core::quantized::gguf_file::{TensorInfo, VersionedMagic};
+        Content {
+            magic: VersionedMagic::GgufV3,
+            metadata: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::U32(*v)))
+                .collect(),
+            tensor_infos: tensors
+                .iter()
+                .map(|(name, dtype, shape)| {
+                    let info = TensorInfo {
+                        ggml_dtype: *dtype,
+                        shape: candle_core::Shape::from(shape.to_vec()),
+                        offset: 0,
+                    };
+                    (name.to_string(), info)
+                })
+                .collect(),
+            tensor_data_offset: 0,
+        }
+    }
+
+    #[test]
+    fn a_decode_step_reads_each_weight_once_and_one_embedding_row() {
+        // Q4_K: 144 bytes a 256-value block; Q6_K 210; Q8_0 34 a 32; F32 4.
+        let layer = [
+            ("blk.0.attn_norm.weight", GgmlDType::F32, &[512][..]),
+            ("blk.0.attn_q.weight", GgmlDType::Q4K, &[512, 512][..]),
+            ("blk.0.ffn_down.weight", GgmlDType::Q6K, &[512, 1024][..]),
+        ];
+        let layer_bytes = 512 * 4 + 512 * 2 * 144 + 512 * 4 * 210;
+        let table = ("token_embd.weight", GgmlDType::Q8_0, &[1000, 512][..]);
+        let table_bytes = 1000 * 16 * 34;
+        // Tied: the table is the output head, read whole every step.
+        let tied = content(&[layer[0], layer[1], layer[2], table], &[]);
+        assert_eq!(
+            step_weight_bytes(&tied, "qwen2"),
+            (layer_bytes + table_bytes) as u64
+        );
+        // An own head: the table is only looked up.
+        let head = ("output.weight", GgmlDType::Q6K, &[1000, 512][..]);
+        let own = content(&[layer[0], layer[1], layer[2], table, head], &[]);
+        assert_eq!(
+            step_weight_bytes(&own, "llama"),
+            (layer_bytes + 1000 * 2 * 210) as u64
+        );
+        // Two of eight experts: a quarter of the expert tensors.
+        let experts = (
+            "blk.0.ffn_up_exps.weight",
+            GgmlDType::Q4K,
+            &[8, 1024, 512][..],
+        );
+        let moe = content(
+            &[layer[0], layer[1], layer[2], table, head, experts],
+            &[("llama.expert_count", 8), ("llama.expert_used_count", 2)],
+        );
+        assert_eq!(
+            step_weight_bytes(&moe, "llama"),
+            (layer_bytes + 1000 * 2 * 210 + 8 * 1024 * 2 * 144 / 4) as u64
+        );
+    }
 
     fn translate() -> Task {
         Task::Translate {

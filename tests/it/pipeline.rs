@@ -291,3 +291,81 @@ fn segments_of_earlier_windows_are_reused_not_translated_again() {
     );
     assert_eq!(translations(&fresh), t);
 }
+
+/// Bytes of a tiny file's weights that one decode step reads, counted
+/// here from the header: every tensor but the embedding table (the Llama
+/// files carry their own head), Q8_0 at 34 bytes a 32-value block.
+fn tiny_step_bytes(path: &Path) -> u64 {
+    use candle_core::quantized::{gguf_file::Content, GgmlDType};
+    let mut f = std::fs::File::open(path).unwrap();
+    let content = Content::read(&mut f).unwrap();
+    assert!(content.tensor_infos.contains_key("output.weight"));
+    content
+        .tensor_infos
+        .iter()
+        .filter(|(name, _)| name.as_str() != "token_embd.weight")
+        .map(|(_, t)| {
+            let n = t.shape.elem_count() as u64;
+            match t.ggml_dtype {
+                GgmlDType::F32 => 4 * n,
+                GgmlDType::Q8_0 => n / 32 * 34,
+                other => panic!("unexpected {other:?}"),
+            }
+        })
+        .sum()
+}
+
+/// `tidings bench` measures the read bandwidth after its raw measurement and
+/// puts each causal model's one-sequence decode against the ceiling it sets:
+/// the bandwidth over the bytes of weights a step reads.
+#[test]
+fn bench_puts_decoding_against_the_memory_ceiling() {
+    let fx = Fixture::new();
+    let cfg = fx.job(
+        &examples(),
+        "abstractive",
+        "[runtime]\nthreads = 2\nworkers = 1\n",
+    );
+    let want_bytes = tiny_step_bytes(&fx.path("tiny.gguf"));
+    for args in [
+        &["--raw-only", "--prompt-tokens", "8", "--decode-tokens", "4"][..],
+        &[
+            "--articles",
+            "1",
+            "--prompt-tokens",
+            "8",
+            "--decode-tokens",
+            "4",
+        ][..],
+    ] {
+        let json = fx.path("bench.json");
+        let o = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .env_remove("CANDLE_NUM_THREADS")
+            .args(["bench", "--config"])
+            .arg(&cfg)
+            .args(args)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{args:?}: {err}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let read = &report["memory_read"];
+        assert_eq!(read["threads"], 2, "{args:?}: {report}");
+        let bandwidth = read["gb_per_s"].as_f64().unwrap() * 1e9;
+        assert!(bandwidth > 1e8, "{args:?}: {bandwidth}");
+        let raw = &report["raw"][0];
+        assert_eq!(raw["model"], "tiny");
+        assert_eq!(raw["step_weight_bytes"].as_u64(), Some(want_bytes));
+        let ceiling = raw["decode_memory_ceiling_tokens_per_s"].as_f64().unwrap();
+        let want = bandwidth / want_bytes as f64;
+        assert!((ceiling - want).abs() <= want * 1e-9, "{ceiling} {want}");
+        assert!(
+            err.contains("memory read") && err.contains("on 2 threads"),
+            "{err}"
+        );
+        assert!(err.contains("a decode step reads"), "{err}");
+    }
+}
