@@ -299,7 +299,7 @@ fi
 # --- The ratios. ------------------------------------------------------------------
 step "tidings / llama.cpp ($THREADS threads; results in $RESULTS)"
 python3 - "$RESULTS" "${KEYS[@]}" <<'EOF'
-import json, os, sys
+import json, os, sys, time
 d, keys = sys.argv[1], sys.argv[2:]
 def load(name):
     p = os.path.join(d, name)
@@ -332,8 +332,15 @@ for label, lfile, suffix in pairs:
         rows.append((k, t, hp, l, mem))
     if rows:
         tables.append((label, llama, rows))
+def measured(name):
+    p = os.path.join(d, name)
+    if not os.path.exists(p):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(p)))
 for label, llama, rows in tables:
-    print(f"-- {label}")
+    lfile, suffix = next((l, s) for lab, l, s in pairs if lab == label)
+    print(f"-- {label} (results written: llama.cpp {measured(lfile)}, tidings "
+          + ", ".join(f"{k} {measured(f'tidings-{k}{suffix}.json')}" for k, _, _, _, _ in rows) + ")")
     print(f"{'tokens/s':10} {'':>9} {'prefill':>9} {'decode':>9} {'batch':>9}")
     for k, t, hp, l, _ in rows:
         for tool, r in (("tidings", t), ("llama.cpp", l)):

@@ -1,5 +1,4 @@
-//! Q4_K and Q6_K matrix products with several input rows, on x86-64 CPUs
-//! with AVX-512 VNNI.
+//! Q4_K and Q6_K matrix products on x86-64 CPUs with AVX-512 VNNI.
 //!
 //! The packaged Qwen2.5-Coder-1.5B file keeps its layer weights in Q4_K and
 //! Q6_K (28% of its multiply-adds are Q6_K: half the `ffn_down` and
@@ -31,10 +30,15 @@
 //! Arithmetic as candle's: the same activation quantization, integer
 //! products within sub-blocks, f32 across super-blocks; results equal
 //! `QMatMul`'s to float-summation order (tested). Re-laid, a Q4_K weight
-//! takes 4.875 bits and a Q6_K one 6.75 (the file's 4.5 and 6.56 stay too,
-//! for one-row products, which are bound by memory and run on the file's
-//! blocks). On CPUs without AVX-512 VNNI, [`KMatrix::from_qtensor`] gives
-//! `None` and candle's product runs.
+//! takes 5.125 bits and a Q6_K one 6.75 (the file's 4.5 and 6.56 are not
+//! kept). One-row products (decode steps of one sequence) run here too:
+//! they are bound by memory, and without software prefetching (see
+//! `PREFETCH_ROWS`) the tiles stream at the machine's read bandwidth on one
+//! thread, where candle's dot products over the file's blocks, bound by
+//! their arithmetic, reached about half of it (Q4_K at 1536x8960 with the
+//! weights in memory, one thread: 356-376 us against 493-553 us; two
+//! threads 240-274 against 295-312 us). On CPUs without AVX-512 VNNI,
+//! [`KMatrix::from_qtensor`] gives `None` and candle's product runs.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Result;
@@ -612,6 +616,19 @@ pub(super) mod x86 {
         }
     }
 
+    /// Input rows from which a K-quant pass asks for its tiles ahead
+    /// ([`prefetch`]). With one or two rows a tile goes by too fast for
+    /// the 41 (Q4_K) or 54 (Q6_K) prefetch instructions it would take to
+    /// pay off, and the hardware's own prefetcher, which follows the
+    /// thread's tiles in order, does better without them: at 1536x8960
+    /// with the weights in memory, one row on one thread took 356-376 us
+    /// without them against 564-620 us with them (Q4_K), two rows 457-637
+    /// against 617-669 us; Q6_K one row 580-603 against 835-851 us. From
+    /// four rows on, asking ahead wins (Q4_K 558 against 873-899 us).
+    /// (The Q8_0 tiles of `q8_0.rs` measured the same either way: they keep
+    /// asking.)
+    const PREFETCH_ROWS: usize = 3;
+
     /// Four input bytes at `p`, in every lane.
     #[inline(always)]
     unsafe fn broadcast(p: *const u8) -> __m512i {
@@ -654,7 +671,9 @@ pub(super) mod x86 {
         let mut acc = [_mm512_setzero_ps(); M];
         for b in 0..o.blocks {
             let tile = o.tiles.add((t * o.blocks + b) * o.tile_bytes);
-            prefetch(tile, o.tile_bytes);
+            if M >= PREFETCH_ROWS {
+                prefetch(tile, o.tile_bytes);
+            }
             let x = inputs::<M>(o, i, b);
             let mut total = [_mm512_setzero_si512(); M];
             for s in 0..8 {
@@ -707,7 +726,9 @@ pub(super) mod x86 {
         let mut acc = [_mm512_setzero_ps(); M];
         for b in 0..o.blocks {
             let tile = o.tiles.add((t * o.blocks + b) * o.tile_bytes);
-            prefetch(tile, o.tile_bytes);
+            if M >= PREFETCH_ROWS {
+                prefetch(tile, o.tile_bytes);
+            }
             let x = inputs::<M>(o, i, b);
             let mut total = [_mm512_setzero_si512(); M];
             for s in 0..16 {

@@ -45,12 +45,12 @@
 //! the two f16 block scales and summed in f32. Results equal candle's to
 //! float-summation order (tested against `QMatMul`).
 //!
-//! [`QLinear`] also sends Q4_K and Q6_K products with two or more input
-//! rows to the kernel of `kquant.rs`, one-row Q4_K products (decode steps
-//! of the Qwen2.5 files) to candle's dot products over the file's blocks
-//! rather than through `QMatMul` (see `q4k_row`), and [`Stacked`] runs the
-//! products of one input with several Q8_0 weights, or with several
-//! K-quant weights of one type, as one.
+//! [`QLinear`] also sends Q4_K and Q6_K products to the kernel of
+//! `kquant.rs` where it runs (then the file's blocks are not kept), and
+//! elsewhere one-row Q4_K products to candle's dot products over the
+//! file's blocks rather than through `QMatMul` (see `q4k_row`); [`Stacked`]
+//! runs the products of one input with several Q8_0 weights, or with
+//! several K-quant weights of one type, as one.
 //!
 //! The work is spread over candle's CPU thread pool (`CANDLE_NUM_THREADS`),
 //! so the pipeline's layout of workers and math threads holds for it too.
@@ -78,9 +78,9 @@ pub enum QLinear {
     Candle(QMatMul),
     /// Ours.
     Q8(Arc<Q8Matrix>),
-    /// Q4_K or Q6_K weights: candle's product over the file's blocks for
-    /// one input row, ours ([`KMatrix`]) for more.
-    K(QMatMul, Arc<KMatrix>),
+    /// Q4_K or Q6_K weights, on ours ([`KMatrix`]) for any number of
+    /// input rows.
+    K(Arc<KMatrix>),
 }
 
 impl QLinear {
@@ -91,7 +91,7 @@ impl QLinear {
                 return Ok(QLinear::Q8(Arc::new(m)));
             }
             if let Some(m) = KMatrix::from_qtensor(&t)? {
-                return Ok(QLinear::K(QMatMul::from_qtensor(t)?, Arc::new(m)));
+                return Ok(QLinear::K(Arc::new(m)));
             }
         }
         Ok(QLinear::Candle(QMatMul::from_qtensor(t)?))
@@ -114,15 +114,8 @@ impl Module for QLinear {
                 None => m.forward(x),
             },
             QLinear::Q8(m) => m.forward(x),
-            QLinear::K(candle, ours) => {
-                let k = ours.cols();
-                if x.elem_count() == k {
-                    return match q4k_row(candle, x)? {
-                        Some(y) => Ok(y),
-                        None => candle.forward(x),
-                    };
-                }
-                let (m, xs) = input_rows(x, k)?;
+            QLinear::K(ours) => {
+                let (m, xs) = input_rows(x, ours.cols())?;
                 output(ours.matmul(&xs, m), x, ours.rows())
             }
         }
@@ -130,16 +123,15 @@ impl Module for QLinear {
 }
 
 /// One row times a Q4_K matrix through candle's dot products over the
-/// file's own blocks (4.5 bits a weight), not `QMatMul`'s path: on CPUs
-/// with AVX-512 VNNI that re-lays Q4_K weights into 16-row tiles with f32
-/// scales (6 bits a weight) for its many-row kernel, and a decode step,
-/// which reads every weight once, is bound by memory (Qwen2.5-Coder-1.5B
-/// decode: two thirds of the time in that kernel; through the dot products
-/// 1.57x the tokens/s). More rows go to our K-quant kernel
-/// ([`KMatrix`]) where it runs, to `QMatMul` elsewhere (8 sequences
-/// through these dot products: half `QMatMul`'s speed). `None` where this
-/// does not apply (other weights, more rows, another device, an unaligned
-/// buffer).
+/// file's own blocks (4.5 bits a weight), not `QMatMul`'s path, on CPUs
+/// where our K-quant kernel ([`KMatrix`]) does not run: `QMatMul` re-lays
+/// Q4_K weights into 16-row tiles with f32 scales (6 bits a weight) for
+/// its many-row kernel, and a decode step, which reads every weight once,
+/// is bound by memory (Qwen2.5-Coder-1.5B decode: two thirds of the time
+/// in that kernel; through the dot products 1.57x the tokens/s). More rows
+/// go to `QMatMul` (8 sequences through these dot products: half
+/// `QMatMul`'s speed). `None` where this does not apply (other weights,
+/// more rows, another device, an unaligned buffer).
 fn q4k_row(m: &QMatMul, x: &Tensor) -> Result<Option<Tensor>> {
     let QMatMul::QTensor(t) = m else {
         return Ok(None);
@@ -231,10 +223,9 @@ fn output(out: Vec<f32>, x: &Tensor, n: usize) -> Result<Tensor> {
 
 /// Products of one input with several weights, run as one product over
 /// the weights stacked by rows: Q8_0 parts on our kernel
-/// ([`Q8Matrix::stack`]), or K-quant parts of one type (our kernel for two
-/// or more rows, candle's dot products over the stacked file blocks for
-/// one). One quantization of the input and one pass over the thread pool
-/// instead of one per part.
+/// ([`Q8Matrix::stack`]), or K-quant parts of one type on ours
+/// ([`KMatrix::stack`]). One quantization of the input and one pass over
+/// the thread pool instead of one per part.
 #[derive(Debug, Clone)]
 pub struct Stacked {
     matrix: StackedMatrix,
@@ -244,7 +235,7 @@ pub struct Stacked {
 #[derive(Debug, Clone)]
 enum StackedMatrix {
     Q8(Arc<Q8Matrix>),
-    K(Arc<KMatrix>, Arc<FileRows>),
+    K(Arc<KMatrix>),
 }
 
 impl Stacked {
@@ -258,22 +249,17 @@ impl Stacked {
                 matrix: StackedMatrix::Q8(Arc::new(Q8Matrix::stack(&matrices)?)),
             });
         }
-        let ks: Option<Vec<(&QMatMul, &KMatrix)>> = parts
+        let tiles: Option<Vec<&KMatrix>> = parts
             .iter()
             .map(|p| match p {
-                QLinear::K(candle, ours) => Some((candle, ours.as_ref())),
+                QLinear::K(ours) => Some(ours.as_ref()),
                 _ => None,
             })
             .collect();
-        let ks = ks?;
-        let tiles: Vec<&KMatrix> = ks.iter().map(|(_, k)| *k).collect();
-        let files: Vec<&QMatMul> = ks.iter().map(|(c, _)| *c).collect();
+        let tiles = tiles?;
         Some(Stacked {
             sizes: tiles.iter().map(|m| m.rows()).collect(),
-            matrix: StackedMatrix::K(
-                Arc::new(KMatrix::stack(&tiles)?),
-                Arc::new(FileRows::stack(&files)?),
-            ),
+            matrix: StackedMatrix::K(Arc::new(KMatrix::stack(&tiles)?)),
         })
     }
 
@@ -291,77 +277,11 @@ impl Stacked {
                 let (m, xs) = input_rows(x, w.cols)?;
                 Ok((m, w.matmul(&xs, m)))
             }
-            StackedMatrix::K(tiles, file) => {
+            StackedMatrix::K(tiles) => {
                 let (m, xs) = input_rows(x, tiles.cols())?;
-                if m == 1 {
-                    Ok((1, file.matmul_row(&xs)?))
-                } else {
-                    Ok((m, tiles.matmul(&xs, m)))
-                }
+                Ok((m, tiles.matmul(&xs, m)))
             }
         }
-    }
-}
-
-/// Q4_K or Q6_K weights of one type stacked by rows in the file's own
-/// blocks, for one-row products through candle's dot products (see
-/// `q4k_row` for why not through `QMatMul`).
-#[derive(Debug)]
-struct FileRows {
-    dtype: GgmlDType,
-    rows: usize,
-    cols: usize,
-    /// The blocks' bytes (in `u16`s: the blocks hold f16 fields).
-    data: Vec<u16>,
-}
-
-impl FileRows {
-    fn stack(parts: &[&QMatMul]) -> Option<FileRows> {
-        let tensors: Option<Vec<&QTensor>> = parts
-            .iter()
-            .map(|p| match p {
-                QMatMul::QTensor(t) => Some(t.as_ref()),
-                _ => None,
-            })
-            .collect();
-        let tensors = tensors?;
-        let first = tensors.first()?;
-        let dtype = first.dtype();
-        let (_, cols) = first.shape().dims2().ok()?;
-        let mut rows = 0;
-        let mut data = Vec::new();
-        for t in &tensors {
-            let (n, k) = t.shape().dims2().ok()?;
-            if t.dtype() != dtype || k != cols {
-                return None;
-            }
-            rows += n;
-            let bytes = t.data().ok()?;
-            data.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| u16::from_ne_bytes([b[0], b[1]])),
-            );
-        }
-        let stacked = FileRows {
-            dtype,
-            rows,
-            cols,
-            data,
-        };
-        fits_blocks(dtype, stacked.bytes(), rows, cols).then_some(stacked)
-    }
-
-    /// The blocks' bytes.
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: any `u16` is two plain bytes.
-        unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, self.data.len() * 2) }
-    }
-
-    /// One row `x` (`cols` long) times the rows.
-    fn matmul_row(&self, x: &[f32]) -> Result<Vec<f32>> {
-        row_over_blocks(self.dtype, self.bytes(), self.rows, self.cols, x)?
-            .ok_or_else(|| candle_core::Error::Msg("stacked K-quant blocks do not fit".into()))
     }
 }
 
@@ -1459,8 +1379,8 @@ mod tests {
                 (QLinear::K(..), true) | (QLinear::Candle(_), false) => {}
                 (other, _) => panic!("{dtype:?} became {other:?}"),
             }
-            // one row takes the dot products over the file's blocks (Q4_K)
-            // or `QMatMul`, more rows our K-quant kernel where it runs
+            // any number of rows on our K-quant kernel where it runs, one
+            // Q4_K row elsewhere on the dot products over the file's blocks
             let x =
                 Tensor::from_vec(crate::seeded::values(9 * k, 6), (1, 9, k), &Device::Cpu).unwrap();
             for rows in [1, 3, 9] {
