@@ -53,9 +53,9 @@ fn q8_0_product(c: &mut Criterion) {
 
 /// The Q4_K and Q6_K products of the packaged Qwen2.5-Coder-1.5B at its
 /// feed-forward shape (1536 inputs, 8960 outputs): candle's `QMatMul`
-/// against `QLinear` (ours for two or more rows, candle's dot products over
-/// the file's blocks for one), at 1, 8 and 200 rows. One matrix, so the
-/// weights stay in the caches here, unlike a model's.
+/// against `QLinear` (our K-quant kernel where it runs), at 1, 8 and 200
+/// rows. One matrix, so the weights stay in the caches here, unlike a
+/// model's (`tidings bench` measures decoding with them in memory).
 fn k_quant_product(c: &mut Criterion) {
     let (k, n) = (1536, 8960);
     let w = Tensor::from_vec(values(n * k, 5), (n, k), &Device::Cpu).unwrap();

@@ -1029,6 +1029,29 @@ mod tests {
         assert_eq!(slow.quants[5 * QK..5 * QK + 4], [1, 125, 132, 127]);
     }
 
+    /// A row's product does not depend on the rows beside it in a pass
+    /// (one row, as decoding one sequence runs, against the same row among
+    /// nine, in passes of eight and one): the bits are the same, so how a
+    /// scheduler groups sequences cannot change a greedy decode here.
+    #[test]
+    fn a_row_gives_the_same_bits_alone_or_among_others() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let (n, k) = (40, 512);
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let m = KMatrix::from_qtensor(&quantized(n, k, dtype, 31)).unwrap().unwrap();
+            let x = crate::seeded::values(9 * k, 32);
+            let all = m.matmul(&x, 9);
+            for r in [0, 3, 8] {
+                let alone = m.matmul(&x[r * k..(r + 1) * k], 1);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&alone), bits(&all[r * n..(r + 1) * n]), "{dtype:?} row {r}");
+            }
+        }
+    }
+
     #[test]
     fn other_types_and_shapes_are_left_to_candle() {
         let q8 = quantized(16, 256, GgmlDType::Q8_0, 3);
