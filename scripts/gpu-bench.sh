@@ -6,6 +6,7 @@
 # on the CPU of the same machine, for a ratio measured in the same run.
 #
 #   gpu-bench.sh [--out DIR] [--articles N] [--jobs "NAME ..."] [--cpu-only] [--no-cpu]
+#                [--budget SECONDS] [--pack FILE]
 #
 #   --out DIR       where results go (default $OUT if set, else results/ in the bundle)
 #   --articles N    the first N articles of the input per run (default 16)
@@ -13,6 +14,15 @@
 #                   default all, smallest first
 #   --cpu-only      skip the GPU runs (the CPU half alone, e.g. on a machine without one)
 #   --no-cpu        skip the CPU baseline
+#   --budget S      start no run after S seconds (the runs left are reported as
+#                   skipped); for a machine lent for a few minutes
+#   --pack FILE     also write every result file into one .tar.gz
+#
+# A slim bundle (build-cuda.sh --slim) is completed here first: bin/tidings.xz
+# is unpacked, each model of skeletons/ is filled with seeded random weights
+# into models/ (scripts/random_weights.py; needs python3), and where the
+# bundle has no lib/, the CUDA 13 libraries the binary needs are looked for in
+# $CUDA_HOME, /usr/local/cuda and Python's nvidia packages (PyTorch's).
 #
 # Results: nvidia-smi.txt, host.txt, JOB.cuda.json / JOB.cpu.json (the
 # `tidings bench --json` reports), JOB.DEVICE.log (its table and log), and
@@ -39,6 +49,8 @@ RESULTS=${OUT:-}
 ARTICLES=${ARTICLES:-16}
 JOBS=${JOBS:-}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+BUDGET=""
+PACK=""
 GPU=1
 CPU=1
 
@@ -53,6 +65,10 @@ while [ $# -gt 0 ]; do
         --articles=*) ARTICLES=${1#--articles=} ;;
         --jobs) [ $# -ge 2 ] || die 1 "--jobs needs job names"; JOBS=$2; shift ;;
         --jobs=*) JOBS=${1#--jobs=} ;;
+        --budget) [ $# -ge 2 ] || die 1 "--budget needs seconds"; BUDGET=$2; shift ;;
+        --budget=*) BUDGET=${1#--budget=} ;;
+        --pack) [ $# -ge 2 ] || die 1 "--pack needs a file"; PACK=$2; shift ;;
+        --pack=*) PACK=${1#--pack=} ;;
         --cpu-only) GPU=0 ;;
         --no-cpu) CPU=0 ;;
         -h|--help) sed -n '2,/^set -E/p' "$0" | sed '$d'; exit 0 ;;
@@ -61,6 +77,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 case "$ARTICLES" in ''|*[!0-9]*|0) die 1 "--articles takes a positive number, not '$ARTICLES'" ;; esac
+case "$BUDGET" in ''|*[!0-9]*) [ -z "$BUDGET" ] || die 1 "--budget takes whole seconds, not '$BUDGET'" ;; esac
 [ "$GPU" = 1 ] || [ "$CPU" = 1 ] || die 1 "--cpu-only and --no-cpu together leave nothing to run"
 [ -d "$BUNDLE/jobs" ] || die 1 "no jobs/ in $BUNDLE: run this from a bundle that scripts/build-cuda.sh packed (or set TIDINGS_BUNDLE)"
 
@@ -76,6 +93,72 @@ if [ -z "${TIDINGS_CACHE:-}" ] && [ -d "$BUNDLE/models" ]; then export TIDINGS_C
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
+# --- A slim bundle: the binary, the models, the libraries. ---------------------
+if [ -z "${TIDINGS_BIN:-}" ] && [ ! -x "$BIN" ] && [ -f "$BUNDLE/bin/tidings.xz" ]; then
+    step "unpacking bin/tidings.xz"
+    if command -v xz > /dev/null; then
+        xz -dc "$BUNDLE/bin/tidings.xz" > "$BIN.partial"
+    else
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+            "$BUNDLE/bin/tidings.xz" "$BIN.partial"
+    fi || die 1 "cannot unpack $BUNDLE/bin/tidings.xz"
+    chmod +x "$BIN.partial" && mv "$BIN.partial" "$BIN"
+fi
+RANDOM_MODELS=""
+if [ -z "${TIDINGS_CACHE:-}" ] && [ -d "$BUNDLE/skeletons" ]; then
+    step "random weights into models/ from skeletons/"
+    command -v python3 > /dev/null || die 1 "a slim bundle needs python3 to fill its models (random_weights.py)"
+    for sk in "$BUNDLE"/skeletons/*/; do
+        name=$(basename "$sk") dst=$BUNDLE/models/$(basename "$sk")
+        [ -f "$dst/.filled" ] && continue
+        rm -rf "$dst" "$dst.partial"
+        t=$SECONDS
+        python3 "$BUNDLE/random_weights.py" fill "$sk" "$dst.partial" --seed 0 \
+            || die 1 "filling $name from its skeleton failed"
+        touch "$dst.partial/.filled" && mv "$dst.partial" "$dst"
+        echo "gpu-bench.sh: $name filled in $((SECONDS - t)) s" >&2
+    done
+    RANDOM_MODELS="random weights (seed 0) of the real models' shapes, types and tokenizers, from skeletons/"
+fi
+if [ "$GPU" = 1 ] && [ ! -d "$BUNDLE/lib" ] && [ -x "$BIN" ]; then
+    # The folders that may hold CUDA 13 libraries, most specific first.
+    lib_dirs() {
+        local d
+        for d in ${CUDA_HOME:+"$CUDA_HOME/lib64" "$CUDA_HOME/lib"} /usr/local/cuda/lib64 \
+            /usr/local/cuda/targets/x86_64-linux/lib; do
+            [ -d "$d" ] && echo "$d"
+        done
+        command -v python3 > /dev/null && python3 -c '
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+for r in roots:
+    for d in sorted(glob.glob(os.path.join(r, "nvidia", "*", "lib"))):
+        print(d)' 2> /dev/null
+        return 0
+    }
+    # What the binary lacks, apart from the driver's libcuda.
+    missing() { ldd "$BIN" 2> /dev/null | awk '/not found/ {print $1}' | grep -v '^libcuda\.so' || true; }
+    dirs=$(lib_dirs)
+    for _ in 1 2 3 4; do
+        lack=$(missing)
+        [ -n "$lack" ] || break
+        added=0
+        for lib in $lack; do
+            for d in $dirs; do
+                if [ -e "$d/$lib" ]; then
+                    case ":${LD_LIBRARY_PATH:-}:" in *":$d:"*) ;; *)
+                        export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}; added=1 ;;
+                    esac
+                    break
+                fi
+            done
+        done
+        [ "$added" = 1 ] || break
+    done
+    lack=$(missing)
+    [ -z "$lack" ] || die 1 "the bundle has no lib/ and these CUDA libraries were found nowhere (looked in: $(echo $dirs)): $(echo $lack). Set CUDA_HOME or LD_LIBRARY_PATH."
+fi
+
 # --- The machine. ----------------------------------------------------------------
 step "machine"
 {
@@ -87,6 +170,8 @@ step "machine"
     [ -f "$BUNDLE/MANIFEST.txt" ] && sed -n '1,3p' "$BUNDLE/MANIFEST.txt"
     echo "models: ${TIDINGS_CACHE:-default cache}"
     echo "articles per run: $ARTICLES; CPU threads: $CPU_THREADS"
+    [ -z "$RANDOM_MODELS" ] || echo "models' weights: $RANDOM_MODELS"
+    echo "LD_LIBRARY_PATH: ${LD_LIBRARY_PATH:-}"
 } | tee "$RESULTS/host.txt" >&2
 if [ "$GPU" = 1 ]; then
     if command -v nvidia-smi > /dev/null; then
@@ -137,12 +222,19 @@ variant() {
 }
 
 FAILED=0
+SKIPPED=0
+START=$SECONDS
 # bench JOB DEVICE BIN EXTRA_ARGS...
 bench() {
     local job=$1 dev=$2 bin=$3; shift 3
     local cfg=$WORK/$job.$dev.toml log=$RESULTS/$job.$dev.log json=$RESULTS/$job.$dev.json t=$SECONDS rc=0
     variant "$job" "$dev"
     rm -f "$json"
+    if [ -n "$BUDGET" ] && [ $((SECONDS - START)) -ge "$BUDGET" ]; then
+        echo "gpu-bench.sh: $job on $dev: skipped (the --budget of $BUDGET s is spent)" >&2
+        SKIPPED=$((SKIPPED + 1))
+        return 0
+    fi
     step "$job on $dev: tidings bench --articles $ARTICLES $*"
     timeout --kill-after=10 "$RUN_TIMEOUT" "$bin" bench --config "$cfg" --articles "$ARTICLES" \
         --json "$json" "$@" > "$log" 2>&1 || rc=$?
@@ -192,5 +284,9 @@ num() {
 } > "$RESULTS/summary.tsv"
 step "summary ($RESULTS/summary.tsv)"
 column -t -s "$(printf '\t')" "$RESULTS/summary.tsv" >&2 2>/dev/null || cat "$RESULTS/summary.tsv" >&2
+if [ -n "$PACK" ]; then
+    tar -czf "$PACK" -C "$RESULTS" . && echo "gpu-bench.sh: results packed into $PACK" >&2
+fi
+[ "$SKIPPED" = 0 ] || echo "gpu-bench.sh: $SKIPPED run(s) skipped: the --budget was spent" >&2
 if [ "$FAILED" -gt 0 ]; then die 1 "$FAILED run(s) failed; see the logs in $RESULTS"; fi
 echo "gpu-bench.sh: done; results in $RESULTS" >&2

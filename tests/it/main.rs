@@ -10,5 +10,6 @@ mod hub;
 mod merge;
 mod pipe;
 mod pipeline;
+mod random_weights;
 mod real_pipeline;
 mod seq2seq;
