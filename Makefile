@@ -16,7 +16,7 @@ help:
 	@echo "make spark-test  tidings as a Spark pipe stage, end to end (installs pyspark in a cached venv)"
 	@echo "make lint        rustfmt and clippy, as CI runs them"
 	@echo "make cuda-bundle build with --features cuda from PyPI's CUDA 13.0 packages; pack dist/gpu-bench"
-	@echo "make cuda-slim   the same packed into about 30 MB (random-weight models): dist/gpu-slim"
+	@echo "make cuda-slim   the same packed into about 17 MB (random-weight models): dist/gpu-slim"
 
 build:
 	$(CARGO) build --release --locked
@@ -63,7 +63,7 @@ clean:
 cuda-bundle:
 	scripts/build-cuda.sh
 
-# The same build packed small (about 30 MB: compressed binary, model
+# The same build packed small (about 17 MB: compressed binary, model
 # skeletons filled with random weights there) for a GPU machine reached
 # through a narrow channel: dist/gpu-slim (scripts/build-cuda.sh --slim).
 .PHONY: cuda-slim

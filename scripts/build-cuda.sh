@@ -7,7 +7,7 @@
 #
 #   --bundle DIR   where to pack the bundle (default dist/gpu-bench in the repository,
 #                  dist/gpu-slim with --slim)
-#   --slim         a bundle of about 30 MB instead of 1.4-2.5 GB, for a GPU machine
+#   --slim         a bundle of about 17 MB instead of 1.4-2.5 GB, for a GPU machine
 #                  that has the CUDA 13 libraries (a CUDA toolkit, or PyTorch's
 #                  nvidia packages) and Python 3, but that the bundle must reach
 #                  through a narrow channel: the binary xz-compressed, no lib/
@@ -402,6 +402,7 @@ size=$(du -sh "$BUNDLE" | cut -f1)
     echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "CUDA 13.0 wheels, CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP, RUSTFLAGS=-C target-cpu=x86-64-v3"
     echo "run: ./gpu-bench.sh [--out DIR]   (needs an NVIDIA driver for CUDA 13.0, i.e. 580 or newer)"
+    [ "$SLIM" = 0 ] || echo "slim: also needs python3 and the CUDA 13 libraries on that machine (\$CUDA_HOME, /usr/local/cuda or PyTorch's nvidia packages)"
     echo
     echo "size: $size"
     [ "$SLIM" = 0 ] || echo "slim: models as skeletons; gpu-bench.sh fills them with seeded random weights"

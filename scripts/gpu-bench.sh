@@ -89,7 +89,6 @@ RESULTS=$(cd "$RESULTS" && pwd)
 CPU_THREADS=${CPU_THREADS:-$(nproc)}
 export LD_LIBRARY_PATH=$BUNDLE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export HF_HUB_OFFLINE=1
-if [ -z "${TIDINGS_CACHE:-}" ] && [ -d "$BUNDLE/models" ]; then export TIDINGS_CACHE=$BUNDLE/models; fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
@@ -120,7 +119,8 @@ if [ -z "${TIDINGS_CACHE:-}" ] && [ -d "$BUNDLE/skeletons" ]; then
     done
     RANDOM_MODELS="random weights (seed 0) of the real models' shapes, types and tokenizers, from skeletons/"
 fi
-if [ "$GPU" = 1 ] && [ ! -d "$BUNDLE/lib" ] && [ -x "$BIN" ]; then
+if [ -z "${TIDINGS_CACHE:-}" ] && [ -d "$BUNDLE/models" ]; then export TIDINGS_CACHE=$BUNDLE/models; fi
+if [ ! -d "$BUNDLE/lib" ] && [ -x "$BIN" ] && { [ "$GPU" = 1 ] || [ "$CPU_BIN" = "$BIN" ]; }; then
     # The folders that may hold CUDA 13 libraries, most specific first.
     lib_dirs() {
         local d
@@ -168,9 +168,12 @@ step "machine"
     echo "memory: $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
     echo "bundle: $BUNDLE"
     [ -f "$BUNDLE/MANIFEST.txt" ] && sed -n '1,3p' "$BUNDLE/MANIFEST.txt"
-    echo "models: ${TIDINGS_CACHE:-default cache}"
+    if [ -n "$RANDOM_MODELS" ]; then
+        echo "models: $RANDOM_MODELS"
+    else
+        echo "models: ${TIDINGS_CACHE:-default cache}"
+    fi
     echo "articles per run: $ARTICLES; CPU threads: $CPU_THREADS"
-    [ -z "$RANDOM_MODELS" ] || echo "models' weights: $RANDOM_MODELS"
     echo "LD_LIBRARY_PATH: ${LD_LIBRARY_PATH:-}"
 } | tee "$RESULTS/host.txt" >&2
 if [ "$GPU" = 1 ]; then
