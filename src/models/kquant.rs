@@ -19,9 +19,16 @@
 //!   sub-block's sums are scaled by one integer multiply per input row and
 //!   a super-block's by one f32 multiply-add per input row;
 //! - quantizes the input rows as candle (and llama.cpp) do for these types
-//!   (Q8_K: one f32 scale per 256 values, `max / -127`), stored plus 128 as
-//!   unsigned bytes, and takes the 128 times each row's weight sum back off
-//!   with one subtraction (the correction is computed once, at load);
+//!   (Q8_K: one f32 scale per 256 values, `max / -127`). `vpdpbusd`
+//!   multiplies unsigned bytes by signed ones. Q4_K's nibbles are the
+//!   unsigned side and the inputs the signed one, which lets each product
+//!   read its four broadcast inputs straight from memory (`{1to16}`)
+//!   instead of taking a broadcast instruction of its own: with eight input
+//!   rows, 3-4% more prefill and eight-sequence decode on the 1.5B model
+//!   (one thread, four alternating pairs). Q6_K's values less 32 are
+//!   signed, so there the inputs come plus 128 as the unsigned side, and
+//!   each row's 128 times its weight sum, computed once at load, comes back
+//!   off with one subtraction;
 //! - computes the Q4_K minimum term (`dmin * min * sum of inputs` per
 //!   sub-block) with four `vpdpwssd` per super-block and input row;
 //! - runs up to eight input rows per pass over a tile, so that decoding
@@ -30,11 +37,12 @@
 //! Arithmetic as candle's: the same activation quantization, integer
 //! products within sub-blocks, f32 across super-blocks; results equal
 //! `QMatMul`'s to float-summation order (tested). Re-laid, a Q4_K weight
-//! takes 4.75 bits and a Q6_K one 6.75 (the file's 4.5 and 6.56 are not
-//! kept; Q4_K tiles held the minimums as i16 pairs and `d`, `dmin` as f32
-//! at first, 5.125 bits: the smaller tiles gave the 1.5B model about 4%
-//! more one-sequence decode on one thread and 5% more eight-sequence
-//! decode on two, in alternating runs). One-row products (decode steps of one sequence) run here too:
+//! takes 4.625 bits and a Q6_K one 6.75 (the file's 4.5 and 6.56 are not
+//! kept; Q4_K tiles held the minimums as i16 pairs, `d`, `dmin` as f32 and
+//! a correction for inputs plus 128 at first, 5.125 bits: the smaller
+//! tiles gave the 1.5B model about 4% more one-sequence decode on one
+//! thread and 5% more eight-sequence decode on two, in alternating runs).
+//! One-row products (decode steps of one sequence) run here too:
 //! they are bound by memory, and without software prefetching (see
 //! `PREFETCH_ROWS`) the tiles stream at the machine's read bandwidth on one
 //! thread, where candle's dot products over the file's blocks, bound by
@@ -74,8 +82,8 @@ enum Kind {
     /// `8g + j` in the low nibble, `8g + j + 4` in the high one), then the
     /// eight sub-block scales (u8, `[sub][row]`), the minimums as byte
     /// pairs (`[pair][row]`, sub-blocks `2p` and `2p + 1`: widened to i16
-    /// pairs with one instruction), `d` and `dmin` (the file's f16 per row)
-    /// and the correction (i32 per row): 4.75 bits a weight.
+    /// pairs with one instruction), and `d` and `dmin` (the file's f16 per
+    /// row): 4.625 bits a weight.
     Q4K,
     /// Q6_K: per sub-block of 16 columns, 192 bytes: the low four bits of
     /// the values (0..63) as two Q4_K groups, then their high bit pairs
@@ -88,7 +96,7 @@ enum Kind {
 impl Kind {
     const fn tile_bytes(self) -> usize {
         match self {
-            Kind::Q4K => 2048 + 128 + 128 + 32 + 32 + 64,
+            Kind::Q4K => 2048 + 128 + 128 + 32 + 32,
             Kind::Q6K => 3072 + 256 + 64 + 64,
         }
     }
@@ -111,6 +119,7 @@ impl Kind {
     const fn dmin(self) -> usize {
         self.d() + 32
     }
+    /// Q6_K only.
     const fn correction(self) -> usize {
         self.tile_bytes() - 64
     }
@@ -434,6 +443,9 @@ fn write_tile(kind: Kind, rows: &[Decoded], out: &mut [u8]) {
         if kind == Kind::Q6K {
             put_f32(out, kind.d() + 4 * r, d.d);
         }
+        if kind == Kind::Q4K {
+            continue;
+        }
         // inputs come plus 128: their products gain 128 x the scaled sum
         // of the row's values
         let correction: i32 = (0..subs)
@@ -450,12 +462,15 @@ fn write_tile(kind: Kind, rows: &[Decoded], out: &mut [u8]) {
 }
 
 /// Input rows quantized as Q8_K, per row and super-block: 256 values plus
-/// 128 (`u8`), the f32 scale, and the four i16 pairs of 32-value sums
-/// (of the values without the 128) that the Q4_K minimum term needs.
+/// 128 (`u8`, for Q6_K) and without (`i8` bits, for Q4_K), the f32 scale,
+/// and the four i16 pairs of 32-value sums that the Q4_K minimum term
+/// needs.
 struct Activations {
     rows: usize,
     blocks: usize,
     quants: Vec<u8>,
+    /// The same values without the 128 (`i8` bits), for Q4_K.
+    signed: Vec<u8>,
     scales: Vec<f32>,
     pairs: Vec<i32>,
 }
@@ -494,10 +509,12 @@ impl Activations {
         {
             *d = block(xs, qs, pairs);
         }
+        let signed = quants.iter().map(|q| q ^ 0x80).collect();
         Activations {
             rows,
             blocks,
             quants,
+            signed,
             scales,
             pairs,
         }
@@ -602,6 +619,7 @@ pub(super) mod x86 {
         tiles: *const u8,
         tile_bytes: usize,
         quants: *const u8,
+        signed: *const u8,
         scales: *const f32,
         pairs: *const i32,
         /// Super-blocks per row.
@@ -650,8 +668,13 @@ pub(super) mod x86 {
 
     /// Super-block `b` of input rows `i..i + M`.
     #[inline(always)]
-    unsafe fn inputs<const M: usize>(o: Operands, i: usize, b: usize) -> [*const u8; M] {
-        std::array::from_fn(|r| o.quants.add(((i + r) * o.blocks + b) * QK))
+    unsafe fn inputs<const M: usize>(
+        base: *const u8,
+        o: Operands,
+        i: usize,
+        b: usize,
+    ) -> [*const u8; M] {
+        std::array::from_fn(|r| base.add(((i + r) * o.blocks + b) * QK))
     }
 
     /// Adds one sub-block's integer sums (split in two where `split`),
@@ -687,7 +710,7 @@ pub(super) mod x86 {
             if M >= PREFETCH_ROWS {
                 prefetch(tile, o.tile_bytes);
             }
-            let x = inputs::<M>(o, i, b);
+            let x = inputs::<M>(o.signed, o, i, b);
             let mut total = [_mm512_setzero_si512(); M];
             for s in 0..8 {
                 let mut sums = [[_mm512_setzero_si512(); M]; 2];
@@ -697,9 +720,11 @@ pub(super) mod x86 {
                     let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nibble);
                     for r in 0..M {
                         let a = x[r].add(8 * g);
-                        sums[0][r] = _mm512_dpbusd_epi32(sums[0][r], broadcast(a), lo);
+                        // the weights unsigned, the inputs signed: the
+                        // broadcast folds into the product's memory operand
+                        sums[0][r] = _mm512_dpbusd_epi32(sums[0][r], lo, broadcast(a));
                         let h = usize::from(split);
-                        sums[h][r] = _mm512_dpbusd_epi32(sums[h][r], broadcast(a.add(4)), hi);
+                        sums[h][r] = _mm512_dpbusd_epi32(sums[h][r], hi, broadcast(a.add(4)));
                     }
                 }
                 let scale = _mm512_cvtepu8_epi32(_mm_load_si128(
@@ -714,7 +739,6 @@ pub(super) mod x86 {
             });
             let d = _mm512_cvtph_ps(_mm256_load_si256(tile.add(kind.d()) as *const __m256i));
             let dmin = _mm512_cvtph_ps(_mm256_load_si256(tile.add(kind.dmin()) as *const __m256i));
-            let correction = _mm512_load_si512(tile.add(kind.correction()) as *const __m512i);
             for r in 0..M {
                 let at = (i + r) * o.blocks + b;
                 let pairs = o.pairs.add(4 * at);
@@ -723,7 +747,7 @@ pub(super) mod x86 {
                     min = _mm512_dpwssd_epi32(min, m, _mm512_set1_epi32(*pairs.add(p)));
                 }
                 let dx = _mm512_set1_ps(*o.scales.add(at));
-                let main = _mm512_cvtepi32_ps(_mm512_sub_epi32(total[r], correction));
+                let main = _mm512_cvtepi32_ps(total[r]);
                 acc[r] = _mm512_fmadd_ps(main, _mm512_mul_ps(d, dx), acc[r]);
                 acc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(min), _mm512_mul_ps(dmin, dx), acc[r]);
             }
@@ -744,7 +768,7 @@ pub(super) mod x86 {
             if M >= PREFETCH_ROWS {
                 prefetch(tile, o.tile_bytes);
             }
-            let x = inputs::<M>(o, i, b);
+            let x = inputs::<M>(o.quants, o, i, b);
             let mut total = [_mm512_setzero_si512(); M];
             for s in 0..16 {
                 let mut sums = [[_mm512_setzero_si512(); M]; 2];
@@ -841,6 +865,7 @@ pub(super) mod x86 {
             tiles: w.tiles.as_ptr() as *const u8,
             tile_bytes: w.kind.tile_bytes(),
             quants: a.quants.as_ptr(),
+            signed: a.signed.as_ptr(),
             scales: a.scales.as_ptr(),
             pairs: a.pairs.as_ptr(),
             blocks: a.blocks,
