@@ -290,6 +290,11 @@ source_of() {
     gguf=$(find "$MODEL_CACHE/$1" -maxdepth 1 -name '*.gguf' -printf '%f\n' 2>/dev/null | head -n 1)
     echo "path:../models/$1${gguf:+/$gguf}"
 }
+# With --slim the models' weights are random, their end tokens out of reach
+# (random_weights.py), and the repetition guard off: every generation runs
+# to its cap, the same work on the GPU and on the CPU.
+guard=true
+[ "$SLIM" = 0 ] || guard=false
 # write_job NAME MODEL_KEY PACKAGE MAX_NEW_TOKENS SENTENCES
 write_job() {
     cat > "$BUNDLE/jobs/$1.toml" <<EOF
@@ -319,7 +324,7 @@ source = "$(source_of "$3")"
 [generation]
 max-new-tokens = $4
 max-length-ratio = 2.0
-repetition-guard = true
+repetition-guard = $guard
 
 [runtime]
 device = "cuda"

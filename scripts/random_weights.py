@@ -27,7 +27,13 @@ What the random data is:
 - a `final_logits_bias` (Marian) is 0 except at the end token of the
   folder's config.json, which gets -1e4: as in benches/peers/make_marian.py,
   the end token never wins and every output runs to its length cap, so
-  two runs of the same job do the same work.
+  two runs of the same job do the same work;
+- in a GGUF file, the output head's rows of the end-of-generation tokens
+  (`tokenizer.ggml.eos_token_id` and the end-of-turn and turn-start tokens
+  tidings stops at) are zeros: their logit is 0 while the largest of the
+  other random logits is far above it, so these never win either, and a
+  generation runs to its cap (the head is `output.weight`, or the
+  embedding table where the file has none).
 
 Only the Python standard library is used (no numpy), so that it runs on a
 bare machine; byte-level tricks (bytes.translate and extended slices) keep
@@ -113,8 +119,16 @@ def gguf_value(r, vtype):
     die(f"{r.path}: unknown GGUF value type {vtype}")
 
 
-def gguf_header(path):
-    """(header length, alignment, [(name, type, elements, offset)])."""
+# The tokens at which tidings ends a generation (models/causal.rs), besides
+# the file's eos token.
+STOP_TOKENS = {
+    "<|im_end|>", "<|endoftext|>", "<|im_start|>", "<end_of_turn>", "<start_of_turn>",
+    "<eos>", "<|eot_id|>", "<|end_of_text|>", "<|start_header_id|>",
+}
+
+
+def gguf_header(path, want_stops=False):
+    """(header length, alignment, [(name, type, dims, offset)], stop token ids)."""
     with open(path, "rb") as f:
         r = Reader(f, path)
         if r.take(4) != b"GGUF":
@@ -124,12 +138,24 @@ def gguf_header(path):
             die(f"{path}: GGUF version {version}; this reads versions 2 and 3")
         (n_tensors, n_kv) = r.unpack("QQ")
         alignment = 32
+        stops = set()
         for _ in range(n_kv):
             key = r.string()
             (vtype,) = r.unpack("I")
+            if key == "tokenizer.ggml.tokens" and not want_stops:
+                vtype = -vtype  # skipped below without decoding 150k strings
+            if vtype < 0:
+                (etype, n) = r.unpack("IQ")
+                for _ in range(n):
+                    r.string()
+                continue
             value = gguf_value(r, vtype)
             if key == "general.alignment":
                 alignment = int(value)
+            elif key == "tokenizer.ggml.eos_token_id":
+                stops.add(int(value))
+            elif key == "tokenizer.ggml.tokens":
+                stops.update(i for i, t in enumerate(value) if t in STOP_TOKENS)
         tensors = []
         for _ in range(n_tensors):
             name = r.string()
@@ -138,12 +164,16 @@ def gguf_header(path):
             (ttype, offset) = r.unpack("IQ")
             if ttype not in GGML_TYPES:
                 die(f"{path}: tensor {name} has GGML type {ttype}, which this script does not know")
-            elements = 1
-            for d in dims:
-                elements *= d
-            tensors.append((name, ttype, elements, offset))
+            tensors.append((name, ttype, dims, offset))
         end = f.tell()
-    return (end + alignment - 1) // alignment * alignment, alignment, tensors
+    return (end + alignment - 1) // alignment * alignment, alignment, tensors, stops
+
+
+def elements_of(dims):
+    n = 1
+    for d in dims:
+        n *= d
+    return n
 
 
 def gguf_tensor_bytes(ttype, elements):
@@ -207,12 +237,15 @@ def fill_gguf(header_bytes, out_path, rng):
     tmp = out_path + ".partial"
     with open(tmp, "wb") as out:
         out.write(header_bytes)
-    header_len, alignment, tensors = gguf_header(tmp)
+    header_len, alignment, tensors, stops = gguf_header(tmp, want_stops=True)
     if header_len < len(header_bytes):
         die(f"{out_path}: the skeleton's header is longer than its tensor list says")
+    names = {t[0] for t in tensors}
+    head = "output.weight" if "output.weight" in names else "token_embd.weight"
     with open(tmp, "r+b") as out:
         out.truncate(header_len)
-        for name, ttype, elements, offset in sorted(tensors, key=lambda t: t[3]):
+        for name, ttype, dims, offset in sorted(tensors, key=lambda t: t[3]):
+            elements = elements_of(dims)
             out.seek(header_len + offset)
             kind = GGML_TYPES[ttype][0]
             if kind in ("F32", "F16", "BF16"):
@@ -223,6 +256,15 @@ def fill_gguf(header_bytes, out_path, rng):
                 out.write(float_tensor(rng, name, one_d, elements, fmt))
             else:
                 write_quantized(out, rng, ttype, elements)
+            if name == head and len(dims) == 2:
+                # dims = (width, vocabulary): row v holds token v's weights
+                row = gguf_tensor_bytes(ttype, dims[0])
+                end_of_tensor = out.tell()
+                for v in sorted(stops):
+                    if v < dims[1]:
+                        out.seek(header_len + offset + v * row)
+                        out.write(bytes(row))
+                out.seek(end_of_tensor)
         end = out.tell()
         out.truncate((end + alignment - 1) // alignment * alignment)
     os.replace(tmp, out_path)
@@ -305,7 +347,7 @@ def skeleton(src, dst):
         target = os.path.join(dst, rel)
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
         if name.endswith(".gguf"):
-            header_len, _, _ = gguf_header(path)
+            header_len, _, _, _ = gguf_header(path)
             with open(path, "rb") as f:
                 header = f.read(header_len)
         elif name.endswith(".safetensors"):

@@ -1,7 +1,7 @@
 //! `scripts/random_weights.py`: a model's skeleton (its files without the
 //! weights) filled with seeded random weights has the original's tensors,
-//! types and tokenizer, loads, and computes finite numbers; the same seed
-//! gives the same bytes. The slim GPU bundle (`scripts/build-cuda.sh
+//! types and tokenizer, loads, and computes finite numbers, with the end
+//! token out of reach; the same seed gives the same bytes. The slim GPU bundle (`scripts/build-cuda.sh
 //! --slim`) carries its models this way.
 
 use crate::common::in_ci;
@@ -144,10 +144,16 @@ fn check_gguf(spec: &tiny_gguf::Spec) -> Result<()> {
         .map_err(anyhow::Error::msg)?
         .get_ids()
         .to_vec();
+    // The end token's row of the head is zeros: its logit is 0, below the
+    // largest of the others, so a generation runs to its cap.
+    let eos = b.metadata["tokenizer.ggml.eos_token_id"].to_u32()? as usize;
     let mut logits = model.forward_logits(&ids, 0)?;
     for pos in ids.len()..ids.len() + 8 {
         assert!(logits.iter().all(|x| x.is_finite()), "logits at {pos}");
-        logits = model.forward_logits(&[argmax(&logits)], pos)?;
+        assert_eq!(logits[eos], 0.0, "end token's logit at {pos}");
+        let next = argmax(&logits);
+        assert_ne!(next as usize, eos);
+        logits = model.forward_logits(&[next], pos)?;
     }
     Ok(())
 }
