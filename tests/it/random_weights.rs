@@ -209,3 +209,91 @@ fn a_safetensors_skeleton_filled_with_random_weights_embeds() -> Result<()> {
     }
     Ok(())
 }
+
+/// `scripts/gpu-bench.sh` in a slim bundle, as `scripts/build-cuda.sh
+/// --slim` packs one, with this build standing in for the CUDA one: its
+/// CPU half unpacks the binary, fills the model from its skeleton, runs
+/// the job and packs the results. (The GPU half needs a GPU.)
+#[test]
+fn a_slim_bundle_runs_its_cpu_half_from_skeletons() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir()?;
+    let bundle = dir.path().join("bundle");
+    for sub in ["bin", "jobs", "data"] {
+        std::fs::create_dir_all(bundle.join(sub))?;
+    }
+    for file in ["gpu-bench.sh", "random_weights.py"] {
+        std::fs::copy(root.join("scripts").join(file), bundle.join(file))?;
+    }
+    std::fs::copy(
+        root.join("examples/articles.jsonl"),
+        bundle.join("data/articles.jsonl"),
+    )?;
+    // the binary xz-compressed, as --slim packs it (fast preset)
+    let packed = Command::new("python3")
+        .args([
+            "-c",
+            "import lzma, sys; lzma.open(sys.argv[2], 'wb', preset=0).write(open(sys.argv[1], 'rb').read())",
+        ])
+        .arg(env!("CARGO_BIN_EXE_tidings"))
+        .arg(bundle.join("bin/tidings.xz"))
+        .status();
+    match packed {
+        Ok(s) if s.success() => {}
+        _ if !in_ci() => {
+            eprintln!("skipped: python3 could not compress the binary");
+            return Ok(());
+        }
+        other => bail!("compressing the binary under CI: {other:?}"),
+    }
+    // the model as a skeleton
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model)?;
+    tiny_gguf::write(
+        &model.join("tiny.gguf"),
+        &tiny_gguf::Spec::new(tiny_gguf::Arch::Qwen2, 5),
+    )?;
+    script(&[
+        Path::new("skeleton"),
+        &model,
+        &bundle.join("skeletons/tiny"),
+    ])?;
+    std::fs::write(
+        bundle.join("jobs/tiny.toml"),
+        "[input]\npath = \"../data/articles.jsonl\"\n\n[output]\npath = \"../out/tiny.jsonl\"\n\n\
+         [translate]\ntargets = [\"es\"]\nfields = [\"title\"]\nmodels = { es = \"tiny\" }\n\n\
+         [models.tiny]\nsource = \"path:../models/tiny/tiny.gguf\"\n\n\
+         [generation]\nmax-new-tokens = 8\n\n[runtime]\ndevice = \"cuda\"\n",
+    )?;
+
+    let out = dir.path().join("results");
+    let pack = dir.path().join("results.tar.gz");
+    let run = Command::new("bash")
+        .arg(bundle.join("gpu-bench.sh"))
+        .args(["--cpu-only", "--articles", "2", "--budget", "300", "--out"])
+        .arg(&out)
+        .arg("--pack")
+        .arg(&pack)
+        .env("CPU_THREADS", "1")
+        .env_remove("TIDINGS_CACHE")
+        .env_remove("OUT")
+        .output()?;
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "gpu-bench.sh failed: {log}");
+    assert!(bundle.join("bin/tidings").exists(), "{log}");
+    assert!(bundle.join("models/tiny/tiny.gguf").exists(), "{log}");
+    let host = std::fs::read_to_string(out.join("host.txt"))?;
+    assert!(host.contains("random weights"), "{host}");
+    let summary = std::fs::read_to_string(out.join("summary.tsv"))?;
+    let row: Vec<&str> = summary
+        .lines()
+        .find(|l| l.starts_with("tiny\t"))
+        .unwrap_or_else(|| panic!("no row for the job: {summary}"))
+        .split('\t')
+        .collect();
+    // no GPU figure; a CPU figure of articles a minute
+    assert_eq!(row[1], "-", "{summary}");
+    assert!(row[2].parse::<f64>()? > 0.0, "{summary}");
+    assert!(std::fs::metadata(&pack)?.len() > 0);
+    Ok(())
+}
