@@ -108,7 +108,8 @@ if [ -z "${TIDINGS_CACHE:-}" ] && [ -d "$BUNDLE/skeletons" ]; then
     step "random weights into models/ from skeletons/"
     command -v python3 > /dev/null || die 1 "a slim bundle needs python3 to fill its models (random_weights.py)"
     for sk in "$BUNDLE"/skeletons/*/; do
-        name=$(basename "$sk") dst=$BUNDLE/models/$(basename "$sk")
+        name=$(basename "$sk")
+        dst=$BUNDLE/models/$name
         [ -f "$dst/.filled" ] && continue
         rm -rf "$dst" "$dst.partial"
         t=$SECONDS

@@ -127,7 +127,7 @@ STOP_TOKENS = {
 }
 
 
-def gguf_header(path, want_stops=False):
+def gguf_header(path):
     """(header length, alignment, [(name, type, dims, offset)], stop token ids)."""
     with open(path, "rb") as f:
         r = Reader(f, path)
@@ -142,13 +142,6 @@ def gguf_header(path, want_stops=False):
         for _ in range(n_kv):
             key = r.string()
             (vtype,) = r.unpack("I")
-            if key == "tokenizer.ggml.tokens" and not want_stops:
-                vtype = -vtype  # skipped below without decoding 150k strings
-            if vtype < 0:
-                (etype, n) = r.unpack("IQ")
-                for _ in range(n):
-                    r.string()
-                continue
             value = gguf_value(r, vtype)
             if key == "general.alignment":
                 alignment = int(value)
@@ -237,7 +230,7 @@ def fill_gguf(header_bytes, out_path, rng):
     tmp = out_path + ".partial"
     with open(tmp, "wb") as out:
         out.write(header_bytes)
-    header_len, alignment, tensors, stops = gguf_header(tmp, want_stops=True)
+    header_len, alignment, tensors, stops = gguf_header(tmp)
     if header_len < len(header_bytes):
         die(f"{out_path}: the skeleton's header is longer than its tensor list says")
     names = {t[0] for t in tensors}
@@ -301,9 +294,7 @@ def fill_safetensors(header_bytes, out_path, rng, eos):
         for name, info in items:
             start, stop = info["data_offsets"]
             dtype, shape = info["dtype"], info["shape"]
-            elements = 1
-            for d in shape:
-                elements *= d
+            elements = elements_of(shape)
             out.seek(base + start)
             if dtype not in SAFETENSORS_FMT:
                 data = bytes(stop - start)  # integer tensors (position ids): zeros

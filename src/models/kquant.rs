@@ -359,7 +359,10 @@ impl KMatrix {
     /// `(m, cols) x (rows, cols)^T`, row-major.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "K-quant product: input length");
-        let a = Activations::quantize(x, m, self.cols);
+        let mut a = Activations::quantize(x, m, self.cols);
+        if self.kind == Kind::Q4K {
+            a.unbias();
+        }
         // not zero-filled first: every output is stored once
         let mut out = Vec::with_capacity(m * self.rows);
         #[cfg(target_arch = "x86_64")]
@@ -398,9 +401,9 @@ fn write_tile(kind: Kind, rows: &[Decoded], out: &mut [u8]) {
     let put_f16 = |out: &mut [u8], at: usize, v: f32| {
         out[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
     };
-    let (subs, sub) = match kind {
-        Kind::Q4K => (8, 32),
-        Kind::Q6K => (16, 16),
+    let subs = match kind {
+        Kind::Q4K => 8,
+        Kind::Q6K => 16,
     };
     for (r, d) in rows.iter().enumerate() {
         match kind {
@@ -442,35 +445,30 @@ fn write_tile(kind: Kind, rows: &[Decoded], out: &mut [u8]) {
         }
         if kind == Kind::Q6K {
             put_f32(out, kind.d() + 4 * r, d.d);
+            // inputs come plus 128: their products gain 128 x the scaled
+            // sum of the row's values
+            let correction: i32 = (0..16)
+                .map(|s| {
+                    d.scales[s]
+                        * d.q[16 * s..16 * (s + 1)]
+                            .iter()
+                            .map(|&q| q as i32)
+                            .sum::<i32>()
+                })
+                .sum();
+            put_i32(out, kind.correction() + 4 * r, 128 * correction);
         }
-        if kind == Kind::Q4K {
-            continue;
-        }
-        // inputs come plus 128: their products gain 128 x the scaled sum
-        // of the row's values
-        let correction: i32 = (0..subs)
-            .map(|s| {
-                d.scales[s]
-                    * d.q[sub * s..sub * (s + 1)]
-                        .iter()
-                        .map(|&q| q as i32)
-                        .sum::<i32>()
-            })
-            .sum();
-        put_i32(out, kind.correction() + 4 * r, 128 * correction);
     }
 }
 
 /// Input rows quantized as Q8_K, per row and super-block: 256 values plus
-/// 128 (`u8`, for Q6_K) and without (`i8` bits, for Q4_K), the f32 scale,
-/// and the four i16 pairs of 32-value sums that the Q4_K minimum term
-/// needs.
+/// 128 (`u8`; without, as `i8` bits, after [`Activations::unbias`]), the
+/// f32 scale, and the four i16 pairs of 32-value sums (of the values
+/// without the 128) that the Q4_K minimum term needs.
 struct Activations {
     rows: usize,
     blocks: usize,
     quants: Vec<u8>,
-    /// The same values without the 128 (`i8` bits), for Q4_K.
-    signed: Vec<u8>,
     scales: Vec<f32>,
     pairs: Vec<i32>,
 }
@@ -509,14 +507,20 @@ impl Activations {
         {
             *d = block(xs, qs, pairs);
         }
-        let signed = quants.iter().map(|q| q ^ 0x80).collect();
         Activations {
             rows,
             blocks,
             quants,
-            signed,
             scales,
             pairs,
+        }
+    }
+
+    /// The values without the 128, as `i8` bits: the Q4_K kernel's signed
+    /// operand.
+    fn unbias(&mut self) {
+        for q in &mut self.quants {
+            *q ^= 0x80;
         }
     }
 }
@@ -619,7 +623,6 @@ pub(super) mod x86 {
         tiles: *const u8,
         tile_bytes: usize,
         quants: *const u8,
-        signed: *const u8,
         scales: *const f32,
         pairs: *const i32,
         /// Super-blocks per row.
@@ -668,13 +671,8 @@ pub(super) mod x86 {
 
     /// Super-block `b` of input rows `i..i + M`.
     #[inline(always)]
-    unsafe fn inputs<const M: usize>(
-        base: *const u8,
-        o: Operands,
-        i: usize,
-        b: usize,
-    ) -> [*const u8; M] {
-        std::array::from_fn(|r| base.add(((i + r) * o.blocks + b) * QK))
+    unsafe fn inputs<const M: usize>(o: Operands, i: usize, b: usize) -> [*const u8; M] {
+        std::array::from_fn(|r| o.quants.add(((i + r) * o.blocks + b) * QK))
     }
 
     /// Adds one sub-block's integer sums (split in two where `split`),
@@ -710,7 +708,7 @@ pub(super) mod x86 {
             if M >= PREFETCH_ROWS {
                 prefetch(tile, o.tile_bytes);
             }
-            let x = inputs::<M>(o.signed, o, i, b);
+            let x = inputs::<M>(o, i, b);
             let mut total = [_mm512_setzero_si512(); M];
             for s in 0..8 {
                 let mut sums = [[_mm512_setzero_si512(); M]; 2];
@@ -768,7 +766,7 @@ pub(super) mod x86 {
             if M >= PREFETCH_ROWS {
                 prefetch(tile, o.tile_bytes);
             }
-            let x = inputs::<M>(o.quants, o, i, b);
+            let x = inputs::<M>(o, i, b);
             let mut total = [_mm512_setzero_si512(); M];
             for s in 0..16 {
                 let mut sums = [[_mm512_setzero_si512(); M]; 2];
@@ -865,7 +863,6 @@ pub(super) mod x86 {
             tiles: w.tiles.as_ptr() as *const u8,
             tile_bytes: w.kind.tile_bytes(),
             quants: a.quants.as_ptr(),
-            signed: a.signed.as_ptr(),
             scales: a.scales.as_ptr(),
             pairs: a.pairs.as_ptr(),
             blocks: a.blocks,
