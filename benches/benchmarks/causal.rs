@@ -1,7 +1,8 @@
 //! Causal (GGUF) decoding: the Q8_0 product that dominates the packaged
 //! SmolLM2 and Qwen2.5-0.5B files (our kernel against candle's `QMatMul`,
 //! at Qwen2.5-0.5B's feed-forward shape, 1, 32 and 200 rows), the Q4_K and
-//! Q6_K ones of Qwen2.5-1.5B (1, 8 and 200 rows); one decoder step of each
+//! Q6_K ones of Qwen2.5-1.5B (1, 8 and 200 rows, and one row with the
+//! weights in memory); one decoder step of each
 //! packaged causal family (SmolLM2-135M for Llama, Qwen2.5-Coder-0.5B for
 //! Qwen2, Gemma 3 270M) at batch 1 and 32 after
 //! a 64-token prompt; loading the packaged GGUF models; and the extractive
@@ -79,6 +80,39 @@ fn k_quant_product(c: &mut Criterion) {
         }
         g.finish();
     }
+}
+
+/// One-row Q4_K and Q6_K products (a decode step of one sequence) with the
+/// weights in memory, as a model's are: 17 copies of the 1536x8960 matrix
+/// stacked into one of 152,320 rows (about the 1.5B model's output head),
+/// 135 MB of Q4_K tiles or 197 MB of Q6_K ones, several times the L3 cache.
+/// Throughput in bytes of tiles read, to set against the machine's read
+/// bandwidth (`tidings bench` prints it).
+fn k_quant_streaming(c: &mut Criterion) {
+    let (k, n, copies) = (1536, 8960, 17);
+    if !kquant::available() {
+        eprintln!("k-quant streaming: this CPU does not run our kernel (AVX-512 VNNI)");
+        return;
+    }
+    let w = Tensor::from_vec(values(n * k, 7), (n, k), &Device::Cpu).unwrap();
+    let x = values(k, 8);
+    let mut g = c.benchmark_group("k-quant one row, weights in memory");
+    g.sample_size(10);
+    for (dtype, name, bits) in [
+        (GgmlDType::Q4K, "q4_k", 4.625),
+        (GgmlDType::Q6K, "q6_k", 6.75),
+    ] {
+        let part = kquant::KMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap())
+            .unwrap()
+            .unwrap();
+        let big = kquant::KMatrix::stack(&vec![&part; copies]).unwrap();
+        let bytes = (big.rows() * big.cols()) as f64 * bits / 8.0;
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(format!("{name} {}x{k}", big.rows()), |b| {
+            b.iter(|| big.matmul(&x, 1))
+        });
+    }
+    g.finish();
 }
 
 /// The output head of an OPUS-MT-sized Marian (512 inputs, 65,001 outputs):
@@ -262,6 +296,7 @@ fn extractive_embed(c: &mut Criterion) {
 fn causal(c: &mut Criterion) {
     q8_0_product(c);
     k_quant_product(c);
+    k_quant_streaming(c);
     head_product(c);
     decoder_step(c, "smollm2-135m-instruct", "configs/smollm2.toml");
     decoder_step(c, "qwen2.5-coder-0.5b-instruct", "configs/demo-small.toml");
