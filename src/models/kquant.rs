@@ -890,13 +890,14 @@ pub(super) mod x86 {
         });
     }
 
-    /// Runs `pass(t, i, rows)` over the thread pool for every tile `t` of
+    /// Runs `pass(t, i, rows)` over the thread pool, each thread through
+    /// a contiguous share of the tiles (`shares.rs`), for every tile `t` of
     /// an `n`-wide output and every run of at most [`PASS`] of the `m`
     /// input rows from `i` on. (Also the Q8_0 tiles' loop, `q8_0.rs`.)
     pub(in crate::models) fn passes(n: usize, m: usize, pass: impl Fn(usize, usize, usize) + Sync) {
         let per_tile = m.div_ceil(PASS);
         let units = n.div_ceil(ROWS) * per_tile;
-        candle_core::utils::barrier_pool().execute_chunked(units, |range| {
+        crate::models::shares::in_shares(units, |range| {
             for u in range {
                 let (t, i) = (u / per_tile, u % per_tile * PASS);
                 pass(t, i, PASS.min(m - i));

@@ -19,6 +19,7 @@ pub mod marian;
 pub mod packages;
 pub mod q8_0;
 pub mod seq2seq;
+mod shares;
 pub mod spm;
 pub mod t5;
 pub mod tokenizer;
