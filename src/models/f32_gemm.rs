@@ -166,14 +166,11 @@ impl PackedF32 {
                 out: out.as_mut_ptr(),
                 n: self.out,
             };
-            candle_core::utils::barrier_pool().execute_chunked(
-                self.out.div_ceil(PANEL),
-                |panels| {
-                    // SAFETY: `new` checked AVX-512F; each call writes only
-                    // the output columns of its panels.
-                    unsafe { x86::panels(o, panels) }
-                },
-            );
+            crate::models::shares::in_shares(self.out.div_ceil(PANEL), |panels| {
+                // SAFETY: `new` checked AVX-512F; each call writes only
+                // the output columns of its panels.
+                unsafe { x86::panels(o, panels) }
+            });
             // SAFETY: the panels cover all columns and every panel all rows.
             unsafe { out.set_len(m * self.out) };
         }

@@ -15,6 +15,10 @@
 //! each, 24 rounds): Qwen2.5-Coder-1.5B 34.2 -> 39.0, 33.9 -> 37.3 and
 //! 34.4 -> 38.6; Qwen2.5-Coder-0.5B 57.9 -> 59.7; SmolLM2-135M 174.7 ->
 //! 184.4 (the AMD EPYC VM of BENCHMARKS.md). On one thread, the same.
+//! The f32 panels of `f32_gemm.rs` too: the criterion bench `head product
+//! 512x65001/tidings f32/1` (a Marian head, 133 MB) 3.48 / 4.10 / 3.75 ms
+//! with the cursor against 3.37 / 2.92 with the shares, runs alternating;
+//! 32 and 64 rows 1-2% faster.
 //!
 //! Written here because no crate schedules over candle's pool, whose
 //! threads the kernels share with candle's own operations (rayon's
