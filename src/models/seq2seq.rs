@@ -711,7 +711,7 @@ mod one_query {
             use super::Load8;
             use std::arch::x86_64::*;
 
-            pub(in super::super) fn weighted_sums<T: Load8, const N: usize, const C: usize>(
+            pub(super) fn weighted_sums<T: Load8, const N: usize, const C: usize>(
                 probs: &[&[f32]; N],
                 data: &[T],
                 at: &impl Fn(usize) -> usize,
@@ -721,8 +721,8 @@ mod one_query {
                 if N * C > 24 {
                     return 0;
                 }
-                // SAFETY: AVX-512F is enabled for the whole build (the cfg
-                // above); each row slice is bounds-checked to `16 * C` values,
+                // SAFETY: AVX-512 F and DQ are enabled for the whole build
+                // (the cfg above); each row slice is bounds-checked to `16 * C` values,
                 // `j < len` is inside every `probs[q]`, and the stores write
                 // `outs[q][..16 * C]`, inside each output (the caller's `d`).
                 unsafe {
