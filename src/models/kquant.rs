@@ -136,6 +136,14 @@ impl Kind {
     const fn correction(self) -> usize {
         256 + 64
     }
+    /// What the quantized inputs are stored plus: Q4_K's are the signed
+    /// operand of `vpdpbusd` (0: `i8` bits), Q6_K's the unsigned one (128).
+    const fn input_offset(self) -> u8 {
+        match self {
+            Kind::Q4K => 0,
+            Kind::Q6K => 128,
+        }
+    }
 }
 
 /// A Q4_K or Q6_K weight matrix `(rows, cols)` (rows = output features; a
@@ -372,10 +380,7 @@ impl KMatrix {
     /// `(m, cols) x (rows, cols)^T`, row-major.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "K-quant product: input length");
-        let mut a = Activations::quantize(x, m, self.cols);
-        if self.kind == Kind::Q4K {
-            a.unbias();
-        }
+        let a = Activations::quantize(x, m, self.cols, self.kind.input_offset());
         // not zero-filled first: every output is stored once
         let mut out = Vec::with_capacity(m * self.rows);
         #[cfg(target_arch = "x86_64")]
@@ -475,9 +480,9 @@ fn write_tile(kind: Kind, rows: &[Decoded], out: &mut [u8]) {
 }
 
 /// Input rows quantized as Q8_K, per row and super-block: 256 values plus
-/// 128 (`u8`; without, as `i8` bits, after [`Activations::unbias`]), the
-/// f32 scale, and the four i16 pairs of 32-value sums (of the values
-/// without the 128) that the Q4_K minimum term needs.
+/// an offset (128: as `u8`; 0: as `i8` bits), the f32 scale, and the four
+/// i16 pairs of 32-value sums (of the values without the offset) that the
+/// Q4_K minimum term needs.
 struct Activations {
     rows: usize,
     blocks: usize,
@@ -490,23 +495,24 @@ impl Activations {
     /// As candle's `BlockQ8K::from_float`: per 256 values, `iscale = -127 /
     /// max` with `max` the first value of largest magnitude, values
     /// `round(iscale * x)` (halves away from zero), scale `1 / iscale` (0
-    /// for an all-zero block).
-    fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+    /// for an all-zero block), stored plus `offset`.
+    fn quantize(x: &[f32], rows: usize, cols: usize, offset: u8) -> Self {
         #[cfg(target_arch = "x86_64")]
         if available() {
             // SAFETY: the CPU has AVX-512 F and BW.
-            return Self::quantize_with(x, rows, cols, |xs, qs, pairs| unsafe {
-                x86::quantize_block(xs, qs, pairs)
+            return Self::quantize_with(x, rows, cols, offset, |xs, qs, pairs, offset| unsafe {
+                x86::quantize_block(xs, qs, pairs, offset)
             });
         }
-        Self::quantize_with(x, rows, cols, quantize_block)
+        Self::quantize_with(x, rows, cols, offset, quantize_block)
     }
 
     fn quantize_with(
         x: &[f32],
         rows: usize,
         cols: usize,
-        block: impl Fn(&[f32], &mut [u8], &mut [i32]) -> f32,
+        offset: u8,
+        block: impl Fn(&[f32], &mut [u8], &mut [i32], u8) -> f32,
     ) -> Self {
         let blocks = cols / QK;
         let mut quants = vec![0u8; rows * cols];
@@ -518,7 +524,7 @@ impl Activations {
             .zip(scales.iter_mut())
             .zip(pairs.chunks_exact_mut(4))
         {
-            *d = block(xs, qs, pairs);
+            *d = block(xs, qs, pairs, offset);
         }
         Activations {
             rows,
@@ -528,25 +534,17 @@ impl Activations {
             pairs,
         }
     }
-
-    /// The values without the 128, as `i8` bits: the Q4_K kernel's signed
-    /// operand.
-    fn unbias(&mut self) {
-        for q in &mut self.quants {
-            *q ^= 0x80;
-        }
-    }
 }
 
 /// One block of [`Activations::quantize`] without SIMD (and the reference
-/// for the SIMD one): writes the 256 values plus 128 and the four pairs of
-/// 32-value sums, returns the scale.
-fn quantize_block(xs: &[f32], qs: &mut [u8], pairs: &mut [i32]) -> f32 {
+/// for the SIMD one): writes the 256 values plus `offset` and the four
+/// pairs of 32-value sums, returns the scale.
+fn quantize_block(xs: &[f32], qs: &mut [u8], pairs: &mut [i32], offset: u8) -> f32 {
     let max = xs
         .iter()
         .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
     if max == 0.0 {
-        qs.fill(128);
+        qs.fill(offset);
         pairs.fill(0);
         return 0.0;
     }
@@ -555,7 +553,7 @@ fn quantize_block(xs: &[f32], qs: &mut [u8], pairs: &mut [i32]) -> f32 {
     for (i, (q, &v)) in qs.iter_mut().zip(xs).enumerate() {
         let v = (iscale * v).round().clamp(-128.0, 127.0) as i32;
         sums[i / 32] += v;
-        *q = (v + 128) as u8;
+        *q = (v + i32::from(offset)) as u8;
     }
     for (p, pair) in pairs.iter_mut().enumerate() {
         *pair = pack_pair(sums[2 * p], sums[2 * p + 1]);
@@ -579,7 +577,12 @@ pub(super) mod x86 {
     /// The CPU must have AVX-512 F and BW; `xs` and `qs` hold 256 values,
     /// `pairs` four.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn quantize_block(xs: &[f32], qs: &mut [u8], pairs: &mut [i32]) -> f32 {
+    pub(super) unsafe fn quantize_block(
+        xs: &[f32],
+        qs: &mut [u8],
+        pairs: &mut [i32],
+        offset: u8,
+    ) -> f32 {
         assert!(xs.len() >= QK && qs.len() >= QK && pairs.len() >= 4);
         let x = |v: usize| _mm512_loadu_ps(xs.as_ptr().add(16 * v));
         let mut amax = _mm512_setzero_ps();
@@ -588,7 +591,7 @@ pub(super) mod x86 {
         }
         let amax = _mm512_reduce_max_ps(amax);
         if amax == 0.0 {
-            qs[..QK].fill(128);
+            qs[..QK].fill(offset);
             pairs[..4].fill(0);
             return 0.0;
         }
@@ -608,7 +611,7 @@ pub(super) mod x86 {
         let half = _mm512_set1_ps(0.49999997);
         let sign = _mm512_set1_epi32(i32::MIN);
         let (lo, hi) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(127.0));
-        let offset = _mm512_set1_epi32(128);
+        let offset = _mm512_set1_epi32(i32::from(offset));
         let mut sums = [0i32; 8];
         for v in 0..QK / 16 {
             let y = _mm512_mul_ps(x(v), scale);
@@ -1020,7 +1023,7 @@ mod tests {
                 let x = crate::seeded::values(m * k, 100 + m as u64);
                 let got = ours.matmul(&x, m);
                 // reference: the quantized inputs times the file's weights
-                let a = Activations::quantize(&x, m, k);
+                let a = Activations::quantize(&x, m, k, 128);
                 let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
                 let want = candle.forward(&xt).unwrap().flatten_all().unwrap();
                 let want = want.to_vec1::<f32>().unwrap();
@@ -1068,11 +1071,14 @@ mod tests {
         x[3 * QK..4 * QK].fill(-0.25); // all equal
                                        // exact halves: iscale = -1
         x[5 * QK..5 * QK + 4].copy_from_slice(&[127.0, 2.5, -3.5, 0.5]);
-        let fast = Activations::quantize(&x, 4, 2 * QK);
-        let slow = Activations::quantize_with(&x, 4, 2 * QK, quantize_block);
-        assert_eq!(fast.quants, slow.quants);
-        assert_eq!(fast.scales, slow.scales);
-        assert_eq!(fast.pairs, slow.pairs);
+        for offset in [0, 128] {
+            let fast = Activations::quantize(&x, 4, 2 * QK, offset);
+            let slow = Activations::quantize_with(&x, 4, 2 * QK, offset, quantize_block);
+            assert_eq!(fast.quants, slow.quants, "offset {offset}");
+            assert_eq!(fast.scales, slow.scales, "offset {offset}");
+            assert_eq!(fast.pairs, slow.pairs, "offset {offset}");
+        }
+        let slow = Activations::quantize_with(&x, 4, 2 * QK, 128, quantize_block);
         // the first of -2 and +2 sets the sign: iscale = -127 / -2
         assert!(slow.scales[1] > 0.0);
         assert_eq!(slow.quants[5 * QK..5 * QK + 4], [1, 125, 132, 127]);

@@ -722,9 +722,10 @@ mod one_query {
                     return 0;
                 }
                 // SAFETY: AVX-512 F and DQ are enabled for the whole build
-                // (the cfg above); each row slice is bounds-checked to `16 * C` values,
-                // `j < len` is inside every `probs[q]`, and the stores write
-                // `outs[q][..16 * C]`, inside each output (the caller's `d`).
+                // (the cfg above); each row slice is bounds-checked to
+                // `16 * C` values, `j < len` is inside every `probs[q]`, and
+                // the stores write `outs[q][..16 * C]`, inside each output
+                // (the caller's `d`).
                 unsafe {
                     let mut acc = [[_mm512_setzero_ps(); C]; N];
                     for j in 0..len {
